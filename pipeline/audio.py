@@ -1,0 +1,187 @@
+"""WAV repair and the checks every model answer passes before it is stored.
+
+The Higgs server's known defects (reference/higgs-vllm-api.md §3): `/v1/audio/speech` in `wav`
+returns several WAV files glued together whose first header claims ~0.68 s; `pcm` is headerless;
+headers may carry wrong length fields; a runaway generation fills `max_tokens` with silence.
+No maintained library repairs such files (soundfile and `wave` trust the header), so the RIFF
+walk below is ours; decoding and encoding of well-formed audio goes through soundfile.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import soundfile as sf
+
+from pipeline.errors import AudioInvalid
+
+PCM16_MAX = 32767
+
+
+@dataclass(frozen=True)
+class WavFormat:
+    sample_rate_hz: int
+    channels: int
+    bits_per_sample: int
+
+    @property
+    def block_align(self) -> int:
+        return self.channels * self.bits_per_sample // 8
+
+
+@dataclass
+class RepairedWav:
+    pcm: bytes
+    fmt: WavFormat
+    repairs: list[str] = field(default_factory=list)
+
+
+def pcm16_to_wav(pcm: bytes, sample_rate_hz: int, channels: int = 1) -> bytes:
+    """Wrap raw little-endian int16 PCM in a correct WAV header."""
+    usable = len(pcm) - len(pcm) % (2 * channels)
+    samples = np.frombuffer(pcm[:usable], dtype="<i2")
+    if channels > 1:
+        samples = samples.reshape(-1, channels)
+    return encode_wav(samples, sample_rate_hz)
+
+
+def encode_wav(samples: np.ndarray, sample_rate_hz: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, sample_rate_hz, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _parse_one(data: bytes, start: int) -> tuple[WavFormat, int, int, int]:
+    """Parse the RIFF file at `start`: (format, data offset, claimed data length, RIFF end)."""
+    if data[start : start + 4] != b"RIFF" or data[start + 8 : start + 12] != b"WAVE":
+        raise AudioInvalid("not a WAV file (no RIFF/WAVE header)")
+    (riff_len,) = struct.unpack_from("<I", data, start + 4)
+    pos = start + 12
+    fmt: WavFormat | None = None
+    while pos + 8 <= len(data):
+        chunk_id = data[pos : pos + 4]
+        (chunk_len,) = struct.unpack_from("<I", data, pos + 4)
+        body = pos + 8
+        if chunk_id == b"fmt ":
+            if chunk_len < 16 or body + 16 > len(data):
+                raise AudioInvalid("WAV fmt chunk is truncated")
+            audio_format, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", data, body)
+            if audio_format not in (1, 0xFFFE) or bits != 16:
+                raise AudioInvalid(f"unsupported WAV encoding (format {audio_format}, {bits} bits)")
+            if channels < 1 or rate < 1000:
+                raise AudioInvalid(f"implausible WAV format ({channels} channels, {rate} Hz)")
+            fmt = WavFormat(rate, channels, bits)
+        elif chunk_id == b"data":
+            if fmt is None:
+                raise AudioInvalid("WAV data chunk before fmt chunk")
+            return fmt, body, chunk_len, start + 8 + riff_len
+        pos = body + chunk_len + (chunk_len & 1)
+    raise AudioInvalid("WAV has no data chunk")
+
+
+def _looks_like_chunk(data: bytes, pos: int) -> bool:
+    head = data[pos : pos + 8]
+    if len(head) < 8 or not all(32 <= b < 127 for b in head[:4]):
+        return False
+    (length,) = struct.unpack_from("<I", head, 4)
+    return pos + 8 + length <= len(data)
+
+
+def repair_wav(data: bytes) -> RepairedWav:
+    """Recover all the PCM of a WAV answer, whatever its headers claim.
+
+    Handles: glued files (each with its own header), data length fields that are too short,
+    too long, zero or 0xFFFFFFFF (streaming), odd trailing bytes. Raises `AudioInvalid` when the
+    bytes are not a 16-bit PCM WAV at all. `repairs` names what was wrong (empty when nothing).
+    """
+    fmt, offset, claimed, _ = _parse_one(data, 0)
+    parts: list[bytes] = []
+    repairs: list[str] = []
+    pos = offset
+    while True:
+        remaining = len(data) - pos
+        end = pos + claimed
+        if claimed > remaining or claimed in (0, 0xFFFFFFFF):
+            if claimed != remaining:
+                repairs.append("data_length")
+            parts.append(data[pos:])
+            break
+        parts.append(data[pos:end])
+        nxt = end + (claimed & 1 if data[end : end + 4] != b"RIFF" else 0)
+        if data[nxt : nxt + 4] == b"RIFF":
+            next_fmt, pos, claimed, _ = _parse_one(data, nxt)
+            if next_fmt != fmt:
+                raise AudioInvalid("glued WAV files disagree on format")
+            if "glued" not in repairs:
+                repairs.append("glued")
+            continue
+        if nxt >= len(data) or _looks_like_chunk(data, nxt):
+            break  # trailing chunks (LIST, ...) are legitimate and dropped
+        # The header under-reports: the rest of the file is audio.
+        repairs.append("data_length")
+        parts.append(data[end:])
+        break
+    pcm = b"".join(parts)
+    extra = len(pcm) % fmt.block_align
+    if extra:
+        pcm = pcm[: len(pcm) - extra]
+        repairs.append("partial_frame")
+    return RepairedWav(pcm=pcm, fmt=fmt, repairs=repairs)
+
+
+def to_mono_int16(repaired: RepairedWav) -> np.ndarray:
+    samples = np.frombuffer(repaired.pcm, dtype="<i2")
+    if repaired.fmt.channels > 1:
+        samples = samples.reshape(-1, repaired.fmt.channels).mean(axis=1).astype("<i2")
+    return samples
+
+
+def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """Decode a well-formed WAV (what the store holds) into int16 samples and the rate."""
+    samples, rate = sf.read(io.BytesIO(data), dtype="int16")
+    return samples, rate
+
+
+def expected_duration_s(text: str, words_per_s: float) -> float:
+    return max(1, len(text.split())) / words_per_s
+
+
+@dataclass(frozen=True)
+class AudioBounds:
+    sample_rate_hz: int
+    words_per_s: float = 2.5
+    min_ratio: float = 0.3
+    max_ratio: float = 3.0
+    # Short texts vary most in relative terms: a fixed allowance on top of the ratio band.
+    slack_s: float = 1.5
+    max_clipped_fraction: float = 0.001
+
+    def duration_band_s(self, text: str) -> tuple[float, float]:
+        expected = expected_duration_s(text, self.words_per_s)
+        return max(0.1, expected * self.min_ratio), expected * self.max_ratio + self.slack_s
+
+
+def check_audio(samples: np.ndarray, sample_rate_hz: int, text: str, bounds: AudioBounds) -> float:
+    """Raise `AudioInvalid` with the reason when the audio cannot be the speech of `text`.
+
+    Returns the duration in seconds.
+    """
+    if samples.size == 0:
+        raise AudioInvalid("empty audio")
+    if sample_rate_hz != bounds.sample_rate_hz:
+        raise AudioInvalid(f"sample rate {sample_rate_hz} Hz, expected {bounds.sample_rate_hz} Hz")
+    duration_s = samples.shape[0] / sample_rate_hz
+    low_s, high_s = bounds.duration_band_s(text)
+    if duration_s < low_s:
+        raise AudioInvalid(f"audio too short: {duration_s:.2f} s for {len(text.split())} words (min {low_s:.2f} s)")
+    if duration_s > high_s:
+        raise AudioInvalid(f"audio too long: {duration_s:.2f} s for {len(text.split())} words (max {high_s:.2f} s)")
+    if not np.any(samples):
+        raise AudioInvalid("audio is pure silence")
+    clipped = np.count_nonzero(np.abs(samples.astype(np.int32)) >= PCM16_MAX) / samples.size
+    if clipped > bounds.max_clipped_fraction:
+        raise AudioInvalid(f"audio clipped: {clipped:.2%} of samples at full scale")
+    return duration_s

@@ -1,0 +1,181 @@
+"""NATS connection, stream/consumer set-up and an exact-count pull for JetStream work queues.
+
+Why a pull of our own: the synth worker must never hold more messages than it has free call
+slots (a held message's ack deadline runs while it waits; faststream's `max_workers` pull
+over-fetches, issue #2563), and it must be able to ask "anything interactive, right now?"
+without waiting. nats-py's `fetch` always sends `expires`, which makes the server ignore
+`no_wait` and hold an empty request for the whole timeout (measured: 50 ms probe = 50 ms).
+`Puller.pull` sends `no_wait` alone for a probe, or `expires` alone for an idle wait, and reads
+until it has the batch or the server's status line ends the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+
+from pipeline.errors import StartupError
+from pipeline.settings import Settings
+from pipeline.subjects import PRIORITIES, Names
+
+log = structlog.get_logger("pipeline.bus")
+
+
+async def connect(settings: Settings, name: str) -> NATS:
+    """Connect with unlimited reconnects; connection state changes are logged, not tracebacks.
+
+    An unreachable server at start-up raises `StartupError` with a one-line message.
+    """
+    async def on_error(exc: Exception) -> None:
+        # Reconnect attempts fail here repeatedly while the server is away: one line each.
+        log.warning("nats.error", error=f"{type(exc).__name__}: {exc}".strip())
+
+    async def on_disconnect() -> None:
+        log.warning("nats.disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats.reconnected")
+
+    try:
+        return await nats.connect(
+            settings.nats_url,
+            name=name,
+            connect_timeout=settings.nats_connect_timeout_s,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+    except Exception as exc:  # nats raises several unrelated types for "not there"
+        raise StartupError(f"cannot reach NATS at {settings.nats_url}: {type(exc).__name__}: {exc}") from None
+
+
+async def ensure_streams(js: JetStreamContext, settings: Settings, names: Names) -> None:
+    """Create or update the pipeline's streams. Safe to run from every process at start-up."""
+    dup_s = settings.dedup_window_s
+    configs = [
+        js_api.StreamConfig(
+            name=names.chapters_stream,
+            subjects=[names.chapters_all],
+            retention=js_api.RetentionPolicy.WORK_QUEUE,
+            duplicate_window=dup_s,
+        ),
+        js_api.StreamConfig(
+            name=names.synth_stream,
+            subjects=[names.synth_all],
+            retention=js_api.RetentionPolicy.WORK_QUEUE,
+            duplicate_window=dup_s,
+        ),
+        js_api.StreamConfig(
+            name=names.events_stream,
+            subjects=[names.events_all],
+            retention=js_api.RetentionPolicy.LIMITS,
+            max_age=settings.events_max_age_s,
+            duplicate_window=dup_s,
+        ),
+        js_api.StreamConfig(
+            name=names.dlq_stream,
+            subjects=[names.dlq_all],
+            retention=js_api.RetentionPolicy.LIMITS,
+            duplicate_window=dup_s,
+        ),
+    ]
+    for config in configs:
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)
+
+
+async def ensure_synth_consumers(js: JetStreamContext, settings: Settings, names: Names) -> None:
+    """Two durable pull consumers with disjoint filters (a work queue allows one per subject)."""
+    for priority in PRIORITIES:
+        config = js_api.ConsumerConfig(
+            durable_name=names.synth_consumer(priority),
+            filter_subject=names.synth(priority),
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait_s,
+            max_deliver=settings.max_deliver,
+            # Workers pull exactly what they can run; this bound only guards against a bug.
+            max_ack_pending=-1,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+        )
+        await js.add_consumer(names.synth_stream, config)
+
+
+@dataclass
+class Puller:
+    """Pulls from one durable consumer, never more than asked."""
+
+    nc: NATS
+    stream: str
+    consumer: str
+
+    def __post_init__(self) -> None:
+        self._inbox = self.nc.new_inbox()
+        self._sub = None
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}"
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(self._inbox)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def pull(self, batch: int, wait_s: float | None = None) -> list[Msg]:
+        """Up to `batch` messages. `wait_s=None`: what is there now; else wait up to `wait_s`
+        for the first one (the request then ends as soon as `batch` arrived or it expired)."""
+        assert self._sub is not None, "start() first"
+        request: dict[str, object] = {"batch": batch}
+        if wait_s is None:
+            request["no_wait"] = True
+            deadline_s = 5.0  # the server answers a no_wait pull at once; this covers a lost reply
+        else:
+            request["expires"] = int(wait_s * 1e9)
+            deadline_s = wait_s + 5.0
+        await self.nc.publish(self._api, json.dumps(request).encode(), reply=self._inbox)
+        msgs: list[Msg] = []
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        while len(msgs) < batch:
+            try:
+                msg = await self._sub.next_msg(timeout=max(0.001, end - loop.time()))
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                break
+            status = (msg.headers or {}).get("Status")
+            if status is None and msg.reply:
+                msgs.append(msg)
+                continue
+            if status == "100":  # idle heartbeat
+                continue
+            break  # 404 no messages, 408 expired, 409 consumer changes: this request is over
+        return msgs
+
+
+def delivery_count(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1
+
+
+async def publish_json(js: JetStreamContext, subject: str, payload: bytes, msg_id: str | None = None) -> bool:
+    """Publish to a stream; returns False when the server dropped it as a duplicate."""
+    headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+    ack = await js.publish(subject, payload, headers=headers)
+    return not bool(ack.duplicate)

@@ -1,0 +1,127 @@
+"""`tts-pipeline`: the one command line of the product.
+
+    tts-pipeline up                      embedded stack + engine + synth worker, Ctrl-C stops all
+    tts-pipeline demo                    run the main job on a throw-away embedded stack
+    tts-pipeline worker synth            a synth worker against the configured servers
+    tts-pipeline engine --kind sim       the stand-in model server (Higgs protocol)
+    tts-pipeline say TEXT                synthesise one text through the bus, save the WAV
+
+Errors a user can fix (a server not reachable, bad arguments) print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from pydantic import ValidationError
+
+from pipeline import logs
+from pipeline.errors import PipelineError, StartupError
+from pipeline.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise StartupError(f"invalid setting TTS_{where.upper()}: {first.get('msg')}") from None
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from pipeline.runtime import run_synth_worker
+
+    settings = _settings()
+    if args.max_in_flight:
+        settings = settings.model_copy(update={"max_in_flight": args.max_in_flight})
+    logs.configure(settings.log_level, settings.log_json)
+    asyncio.run(run_synth_worker(settings))
+    return 0
+
+
+def _cmd_engine(args: argparse.Namespace) -> int:
+    if args.kind == "sim":
+        from pipeline.engines import sim
+
+        sim.serve(sim.config_from_args(args), args.host, args.port)
+        return 0
+    raise StartupError(f"unknown engine kind {args.kind!r}")
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from pipeline.embedded import run_up
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_json)
+    return asyncio.run(run_up(settings, data_dir=args.data_dir, engine_latency_s=args.engine_latency_s))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.embedded import run_demo
+
+    settings = _settings()
+    logs.configure("warning", settings.log_json)
+    return asyncio.run(run_demo(settings, out_dir=args.out, text_file=args.text))
+
+
+def _cmd_say(args: argparse.Namespace) -> int:
+    from pipeline.client import say
+
+    settings = _settings()
+    logs.configure("warning", settings.log_json)
+    return asyncio.run(say(settings, " ".join(args.text), out=args.out, voice=args.voice,
+                           priority=args.priority, timeout_s=args.timeout_s))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tts-pipeline", description="High-throughput TTS over NATS JetStream and S3.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="run the embedded stack (nats-server, SeaweedFS, engine, synth worker)")
+    p.add_argument("--data-dir", default=".tts-data", help="where the servers keep their data (default: .tts-data)")
+    p.add_argument("--engine-latency-s", type=float, default=0.2, help="stand-in engine latency per call")
+    p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("demo", help="synthesise a short text end to end on a throw-away embedded stack")
+    p.add_argument("--out", default="demo-output", help="folder for the WAV files (default: demo-output)")
+    p.add_argument("--text", default=None, help="a UTF-8 text file to speak instead of the built-in one")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("worker", help="run a worker against the configured servers")
+    p.add_argument("kind", choices=["synth"])
+    p.add_argument("--max-in-flight", type=int, default=0, help="override TTS_MAX_IN_FLIGHT")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("engine", help="run a model server speaking the Higgs vLLM protocol")
+    p.add_argument("--kind", choices=["sim"], default="sim")
+    from pipeline.engines import sim
+
+    sim.add_arguments(p)
+    p.set_defaults(func=_cmd_engine)
+
+    p = sub.add_parser("say", help="speak one text through the bus and save the WAV")
+    p.add_argument("text", nargs="+")
+    p.add_argument("--out", default="say.wav")
+    p.add_argument("--voice", default=None)
+    p.add_argument("--priority", choices=["interactive", "bulk"], default="interactive")
+    p.add_argument("--timeout-s", type=float, default=120.0)
+    p.set_defaults(func=_cmd_say)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (StartupError, PipelineError) as exc:
+        print(f"tts-pipeline: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The bus contract: every message on NATS, as frozen pydantic models with a schema version.
+
+Messages carry object keys, never audio bytes (NATS payloads are capped at 1 MiB).
+Handlers take and return these models, never dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipeline.subjects import check_token
+
+SCHEMA_VERSION = 1
+
+# Without a system prompt the original proxy used this scene prompt (Higgs chat format).
+DEFAULT_SCENE_PROMPT = (
+    "Generate audio following instruction.\n\n"
+    "<|scene_desc_start|>\nAudio is recorded from a quiet room.\n<|scene_desc_end|>"
+)
+DEFAULT_REFERENCE_TEXT = "Please speak naturally."
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    schema_version: int = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes):  # noqa: ANN206 - returns cls
+        return cls.model_validate_json(data)
+
+
+class Sampling(BaseModel):
+    """What the model samples with. Part of the audio's identity (and so of its cache key)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, ge=0.0, le=1.0)
+    top_k: int = Field(default=50, ge=1, le=1000)
+    seed: int | None = None
+    # Upper bound asked by the caller; the backend lowers it further from the text's length.
+    max_tokens: int = Field(default=2048, ge=16, le=8192)
+
+
+class Reference(BaseModel):
+    """A voice to clone: WAV already uploaded to the store (key), plus its transcript."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    audio_key: str = Field(min_length=1, max_length=512)
+    transcript: str = ""
+    # Content hash of the reference audio; the key may be re-used, the hash may not.
+    audio_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class SynthRequest(_Message):
+    """One chunk of text to turn into one stored WAV.
+
+    Identity: (`job_id`, `chunk_id`) names the work item (and its de-duplication id on publish);
+    `audio_digest()` names the audio (same inputs -> same key -> one synthesis).
+    """
+
+    job_id: str
+    chunk_id: str
+    text: str = Field(min_length=1, max_length=20_000)
+    voice: str | None = Field(default=None, max_length=64)
+    reference: Reference | None = None
+    system_prompt: str | None = Field(default=None, max_length=10_000)
+    sampling: Sampling = Sampling()
+    model: str | None = None
+    # Set to anything new to get a fresh take instead of the cached audio for the same inputs.
+    take: str | None = Field(default=None, max_length=64)
+    # Free-form ids carried into the events (chapter index, gateway request id, ...).
+    chapter: int | None = None
+    index: int | None = None
+    reply_tag: str | None = Field(default=None, max_length=128)
+
+    @field_validator("job_id", "chunk_id")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        return check_token(value)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text cannot be empty")
+        return value
+
+    @field_validator("voice")
+    @classmethod
+    def _voice_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_token(value, "voice")
+        return value
+
+    @model_validator(mode="after")
+    def _one_voice(self) -> "SynthRequest":
+        if self.voice and self.reference:
+            raise ValueError("give either a preset voice or a reference, not both")
+        return self
+
+    def scene_prompt(self) -> str:
+        return self.system_prompt if self.system_prompt is not None else DEFAULT_SCENE_PROMPT
+
+    def audio_digest(self, default_model: str) -> str:
+        """Hash over everything that determines the audio."""
+        identity = {
+            "model": self.model or default_model,
+            "voice": self.voice,
+            "reference": self.reference.audio_sha256 if self.reference else None,
+            "reference_text": self.reference.transcript if self.reference else None,
+            "system": self.scene_prompt(),
+            "text": self.text,
+            "sampling": self.sampling.model_dump(),
+            "take": self.take,
+        }
+        raw = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(raw).hexdigest()
+
+
+class ChunkTimings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    queued_s: float = 0.0
+    synth_s: float = 0.0
+    store_s: float = 0.0
+    total_s: float = 0.0
+
+
+class ChunkDone(_Message):
+    kind: Literal["chunk.done"] = "chunk.done"
+    job_id: str
+    chunk_id: str
+    key: str
+    duration_s: float
+    sample_rate_hz: int
+    bytes: int
+    cached: bool
+    attempt: int
+    backend: str | None = None
+    worker: str
+    timings: ChunkTimings
+    chapter: int | None = None
+    index: int | None = None
+    reply_tag: str | None = None
+    repaired: list[str] = Field(default_factory=list)
+
+
+class ChunkFailed(_Message):
+    kind: Literal["chunk.failed"] = "chunk.failed"
+    job_id: str
+    chunk_id: str
+    reason: str
+    error: str
+    attempt: int
+    worker: str
+    chapter: int | None = None
+    index: int | None = None
+    reply_tag: str | None = None
+
+
+class DeadLetter(_Message):
+    """A request that failed permanently or ran out of deliveries, kept with the reason."""
+
+    source_subject: str
+    stream_seq: int | None = None
+    reason: str
+    error: str
+    attempts: int
+    job_id: str | None = None
+    chunk_id: str | None = None
+    # The original payload, as text when it decodes as UTF-8 (it always fits: NATS caps at 1 MiB).
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"

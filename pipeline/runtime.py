@@ -1,0 +1,58 @@
+"""Process-level wiring of a worker: connect, check dependencies, run, drain on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+
+from pipeline import bus
+from pipeline.backend import HiggsClient
+from pipeline.settings import Settings
+from pipeline.store import Store
+from pipeline.synth import SynthWorker
+
+log = structlog.get_logger("pipeline.runtime")
+
+
+async def open_store(settings: Settings) -> Store:
+    """A store whose bucket exists; `StartupError` when S3 is unreachable or refuses us."""
+    store = Store(settings)
+    try:
+        await store.ensure_bucket()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+@contextlib.asynccontextmanager
+async def synth_worker(settings: Settings, name: str = "synth"):
+    """A ready `SynthWorker` with its connections; everything closed on exit."""
+    nc = await bus.connect(settings, name=f"tts-{name}")
+    store = None
+    try:
+        store = await open_store(settings)
+        async with HiggsClient(settings, reference_loader=store.get) as client:
+            yield SynthWorker(settings, nc, store, client)
+    finally:
+        if store is not None:
+            store.close()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+
+
+def install_stop_signals(stop) -> None:
+    """SIGTERM/SIGINT call `stop()` once: the worker stops pulling and drains."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop)
+
+
+async def run_synth_worker(settings: Settings) -> None:
+    async with synth_worker(settings) as worker:
+        install_stop_signals(worker.stop)
+        await worker.run()

@@ -1,0 +1,351 @@
+"""The synth worker: pull a chunk request, get its audio, check it, store it, say so, ack.
+
+Delivery is at-least-once; every effect is idempotent: the audio key is a hash of everything
+that determines the audio (an existing object is a finished synthesis), and events carry a
+de-duplication id. A message may therefore be handled twice; the outcome happens once.
+
+Scheduling: the worker holds at most `max_in_flight` messages, all of them being worked on.
+Each time a slot frees, it asks the interactive consumer first (a no-wait pull), then the bulk
+one; only when both are empty does it wait (`poll_s`) on bulk, which bounds the delay an
+interactive request sees on an idle worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+
+from pipeline import bus
+from pipeline.audio import AudioBounds, check_audio, encode_wav, to_mono_int16
+from pipeline.backend import HiggsClient
+from pipeline.errors import Permanent, Retryable
+from pipeline.messages import ChunkDone, ChunkFailed, ChunkTimings, DeadLetter, SynthRequest
+from pipeline.policy import backoff_s, is_last_attempt
+from pipeline.settings import Settings
+from pipeline.store import Store, audio_key
+from pipeline.subjects import INVALID_JOB, PRIORITIES, PRIORITY_BULK, PRIORITY_INTERACTIVE, TOKEN_RE, Names, event_msg_id
+
+log = structlog.get_logger("pipeline.synth")
+
+WAV_HEADER_BYTES = 44
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class WorkerStats:
+    synthesized: int = 0
+    cached: int = 0
+    failed: int = 0
+    retried: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    by_priority: dict[str, int] = field(default_factory=lambda: {p: 0 for p in PRIORITIES})
+
+
+class _KeyLocks:
+    """One synthesis per audio key inside this process: a duplicate waits, then finds it stored."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str):
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class SynthWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        nc: NATS,
+        store: Store,
+        client: HiggsClient,
+        names: Names | None = None,
+    ):
+        self.settings = settings
+        self.names = names or Names(settings.namespace)
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.store = store
+        self.client = client
+        self.name = settings.worker_name or default_worker_name()
+        self.stats = WorkerStats()
+        self.bounds = AudioBounds(
+            sample_rate_hz=settings.sample_rate_hz,
+            words_per_s=settings.words_per_s,
+            min_ratio=settings.min_duration_ratio,
+            max_ratio=settings.max_duration_ratio,
+        )
+        self._pullers = {
+            p: bus.Puller(nc, self.names.synth_stream, self.names.synth_consumer(p)) for p in PRIORITIES
+        }
+        self._tasks: set[asyncio.Task] = set()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._keys = _KeyLocks()
+        self._rng = random.Random()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def setup(self) -> None:
+        """Streams, consumers and bucket exist afterwards (idempotent, every worker may do it)."""
+        await bus.ensure_streams(self.js, self.settings, self.names)
+        await bus.ensure_synth_consumers(self.js, self.settings, self.names)
+        for puller in self._pullers.values():
+            await puller.start()
+
+    def stop(self) -> None:
+        """Ask the worker to stop pulling; `run` then drains and returns."""
+        self._stopping.set()
+        self._slot_freed.set()
+
+    async def run(self) -> None:
+        await self.setup()
+        log.info("synth.started", worker=self.name, max_in_flight=self.settings.max_in_flight, backends=self.client.urls)
+        try:
+            await self._pull_loop()
+        finally:
+            await self._drain()
+            for puller in self._pullers.values():
+                await puller.stop()
+            log.info("synth.stopped", worker=self.name, **self._stats_fields())
+
+    def _stats_fields(self) -> dict:
+        s = self.stats
+        return {"synthesized": s.synthesized, "cached": s.cached, "failed": s.failed, "retried": s.retried}
+
+    async def _pull_loop(self) -> None:
+        limit = self.settings.max_in_flight
+        while not self._stopping.is_set():
+            free = limit - len(self._tasks)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                msgs, priority = await self._next_batch(free)
+            except Exception as exc:  # NATS away: nats-py reconnects; we wait and ask again
+                log.warning("synth.pull_failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(min(1.0, self.settings.poll_s * 5))
+                continue
+            for msg in msgs:
+                self._start(msg, priority)
+
+    async def _next_batch(self, free: int) -> tuple[list[Msg], str]:
+        msgs = await self._pullers[PRIORITY_INTERACTIVE].pull(free)
+        if msgs:
+            return msgs, PRIORITY_INTERACTIVE
+        msgs = await self._pullers[PRIORITY_BULK].pull(free)
+        if msgs:
+            return msgs, PRIORITY_BULK
+        # Idle: wait a little for bulk, then look at interactive again.
+        return await self._pullers[PRIORITY_BULK].pull(1, wait_s=self.settings.poll_s), PRIORITY_BULK
+
+    def _start(self, msg: Msg, priority: str) -> None:
+        task = asyncio.create_task(self._handle(msg, priority))
+        self._tasks.add(task)
+        self.stats.in_flight = len(self._tasks)
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+        self.stats.by_priority[priority] += 1
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self.stats.in_flight = len(self._tasks)
+        self._slot_freed.set()
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        log.info("synth.draining", in_flight=len(self._tasks), deadline_s=self.settings.drain_timeout_s)
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_timeout_s)
+        for task in pending:
+            task.cancel()  # the handler naks its message on cancellation
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+
+    # ---------------------------------------------------------------- one message
+
+    async def _keepalive(self, msg: Msg) -> None:
+        """In-progress acks so a long call never outlives the ack deadline."""
+        interval_s = max(0.5, self.settings.ack_wait_s / 3)
+        while True:
+            await asyncio.sleep(interval_s)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _handle(self, msg: Msg, priority: str) -> None:
+        attempt = bus.delivery_count(msg)
+        try:
+            request = SynthRequest.from_bytes(msg.data)
+        except ValidationError as exc:
+            await self._reject_invalid(msg, attempt, exc)
+            return
+        keepalive = asyncio.create_task(self._keepalive(msg))
+        try:
+            await self._process(msg, request, attempt, priority)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        except Permanent as exc:
+            await self._fail(msg, request, attempt, "permanent", exc)
+        except Exception as exc:  # Retryable, or a bug: both deserve another delivery
+            if is_last_attempt(attempt, self.settings.max_deliver):
+                await self._fail(msg, request, attempt, "max_deliver", exc)
+            else:
+                delay_s = backoff_s(attempt, self.settings.retry_base_delay_s, self.settings.retry_max_delay_s, self._rng)
+                self.stats.retried += 1
+                log_fn = log.warning if isinstance(exc, Retryable) else log.exception
+                log_fn("synth.retry", job=request.job_id, chunk=request.chunk_id, attempt=attempt,
+                       delay_s=round(delay_s, 2), error=str(exc)[:300])
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=delay_s)
+        finally:
+            keepalive.cancel()
+
+    async def _process(self, msg: Msg, request: SynthRequest, attempt: int, priority: str) -> None:
+        started = time.perf_counter()
+        queued_s = max(0.0, time.time() - msg.metadata.timestamp.timestamp()) if msg.metadata else 0.0
+        key = audio_key(request.audio_digest(self.settings.model))
+        synth_s = store_s = 0.0
+        backend_url = None
+        repairs: list[str] = []
+        async with self._keys.hold(key):
+            head = await self.store.head(key)
+            cached = head is not None
+            if cached:
+                size = int(head.get("ContentLength", 0))
+                meta = head.get("Metadata", {}) or {}
+                sample_rate_hz = int(meta.get("sample-rate-hz", self.settings.sample_rate_hz))
+                duration_s = float(meta.get("duration-s", (size - WAV_HEADER_BYTES) / 2 / sample_rate_hz))
+            else:
+                t0 = time.perf_counter()
+                answer = await self.client.synthesize(request)
+                synth_s = time.perf_counter() - t0
+                backend_url = answer.url
+                repairs = answer.wav.repairs
+                samples = to_mono_int16(answer.wav)
+                sample_rate_hz = answer.wav.fmt.sample_rate_hz
+                duration_s = check_audio(samples, sample_rate_hz, request.text, self.bounds)
+                wav = encode_wav(samples, sample_rate_hz)
+                size = len(wav)
+                t0 = time.perf_counter()
+                await self.store.put(key, wav, "audio/wav", {
+                    "duration-s": f"{duration_s:.4f}", "sample-rate-hz": str(sample_rate_hz),
+                    "job-id": request.job_id, "chunk-id": request.chunk_id,
+                })
+                store_s = time.perf_counter() - t0
+        done = ChunkDone(
+            job_id=request.job_id, chunk_id=request.chunk_id, key=key, duration_s=round(duration_s, 4),
+            sample_rate_hz=sample_rate_hz, bytes=size, cached=cached, attempt=attempt, backend=backend_url,
+            worker=self.name, chapter=request.chapter, index=request.index, reply_tag=request.reply_tag,
+            repaired=repairs,
+            timings=ChunkTimings(queued_s=round(queued_s, 4), synth_s=round(synth_s, 4), store_s=round(store_s, 4),
+                                 total_s=round(time.perf_counter() - started, 4)),
+        )
+        await bus.publish_json(self.js, self.names.chunk_done(request.job_id), done.to_bytes(),
+                               event_msg_id("done", request.job_id, request.chunk_id))
+        await msg.ack()
+        if cached:
+            self.stats.cached += 1
+        else:
+            self.stats.synthesized += 1
+        log.info("synth.done", job=request.job_id, chunk=request.chunk_id, attempt=attempt, priority=priority,
+                 cached=cached, duration_s=done.duration_s, synth_s=done.timings.synth_s, backend=backend_url,
+                 repaired=repairs or None)
+
+    async def _fail(self, msg: Msg, request: SynthRequest, attempt: int, reason: str, exc: Exception) -> None:
+        error = str(exc)[:2000] or type(exc).__name__
+        failed = ChunkFailed(
+            job_id=request.job_id, chunk_id=request.chunk_id, reason=reason, error=error, attempt=attempt,
+            worker=self.name, chapter=request.chapter, index=request.index, reply_tag=request.reply_tag,
+        )
+        await self._dead_letter(msg, attempt, reason, error, request.job_id, request.chunk_id)
+        await bus.publish_json(self.js, self.names.chunk_failed(request.job_id), failed.to_bytes(),
+                               event_msg_id("failed", request.job_id, request.chunk_id))
+        await msg.term()
+        self.stats.failed += 1
+        log.warning("synth.failed", job=request.job_id, chunk=request.chunk_id, attempt=attempt, reason=reason,
+                    error=error[:300])
+
+    async def _reject_invalid(self, msg: Msg, attempt: int, exc: ValidationError) -> None:
+        """A message that is not a SynthRequest: failed event + dead letter + term, nothing else."""
+        job_id, chunk_id = _salvage_ids(msg.data)
+        error = _validation_summary(exc)
+        try:
+            await self._dead_letter(msg, attempt, "invalid", error, job_id, chunk_id)
+            failed = ChunkFailed(job_id=job_id, chunk_id=chunk_id, reason="invalid", error=error,
+                                 attempt=attempt, worker=self.name)
+            await bus.publish_json(self.js, self.names.chunk_failed(job_id), failed.to_bytes())
+            await msg.term()
+        except Exception as publish_exc:  # NATS away: let the message come back later
+            log.warning("synth.reject_deferred", error=str(publish_exc))
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=self.settings.retry_base_delay_s)
+            return
+        self.stats.failed += 1
+        log.warning("synth.invalid", job=job_id, chunk=chunk_id, error=error[:300])
+
+    async def _dead_letter(self, msg: Msg, attempt: int, reason: str, error: str,
+                           job_id: str | None, chunk_id: str | None) -> None:
+        try:
+            payload, encoding = msg.data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(msg.data).decode(), "base64"
+        seq = msg.metadata.sequence.stream if msg.metadata else None
+        letter = DeadLetter(source_subject=msg.subject, stream_seq=seq, reason=reason, error=error,
+                            attempts=attempt, job_id=job_id, chunk_id=chunk_id, payload=payload,
+                            payload_encoding=encoding)
+        await bus.publish_json(self.js, self.names.dlq(msg.subject), letter.to_bytes(),
+                               f"dlq:{self.names.synth_stream}:{seq}" if seq else None)
+
+
+def _salvage_ids(data: bytes) -> tuple[str, str]:
+    """Best-effort ids from a message that failed validation, for routing its failed event."""
+    import json
+
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return INVALID_JOB, "unknown"
+    if not isinstance(raw, dict):
+        return INVALID_JOB, "unknown"
+    job = raw.get("job_id")
+    chunk = raw.get("chunk_id")
+    job = job if isinstance(job, str) and TOKEN_RE.match(job) else INVALID_JOB
+    chunk = chunk if isinstance(chunk, str) and TOKEN_RE.match(chunk) else "unknown"
+    return job, chunk
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "message"
+        parts.append(f"{where}: {err.get('msg')}")
+    return "invalid synth request: " + "; ".join(parts)

@@ -1,0 +1,112 @@
+"""Settings, names, messages, delivery policy and request shaping: pure logic."""
+
+import random
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.backend import HiggsClient, STOP_STRINGS, max_tokens_for
+from pipeline.messages import DEFAULT_SCENE_PROMPT, Reference, Sampling, SynthRequest
+from pipeline.policy import backoff_s, is_last_attempt
+from pipeline.settings import Settings
+from pipeline.subjects import Names
+
+
+def test_backend_urls_accept_commas_and_the_seed_alias(monkeypatch):
+    monkeypatch.setenv("TTS_BACKEND_URLS", "http://a:8000/, http://b:8000")
+    assert Settings().backend_urls == ["http://a:8000", "http://b:8000"]
+    monkeypatch.delenv("TTS_BACKEND_URLS")
+    monkeypatch.setenv("VLLM_URL", "http://gpu:8000")
+    assert Settings().backend_urls == ["http://gpu:8000"]
+
+
+def test_settings_reject_nonsense(monkeypatch):
+    monkeypatch.setenv("TTS_MAX_IN_FLIGHT", "0")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_names_default_to_design_and_namespace_isolates():
+    plain = Names()
+    assert plain.synth_stream == "TTS_SYNTH"
+    assert plain.synth("bulk") == "tts.synth.bulk"
+    assert plain.chunk_done("j1") == "tts.events.chunk.done.j1"
+    assert plain.dlq("tts.synth.bulk") == "tts.dlq.synth.bulk"
+    assert plain.jobs_kv == "tts_jobs"
+    ns = Names("t1")
+    assert ns.synth_stream == "TTS_SYNTH_T1" and ns.synth("interactive") == "tts_t1.synth.interactive"
+    with pytest.raises(ValueError):
+        plain.synth("urgent")
+
+
+def test_audio_digest_covers_what_determines_audio():
+    base = SynthRequest(job_id="j", chunk_id="1", text="Hello there.")
+    same_text_other_chunk = SynthRequest(job_id="k", chunk_id="9", text="Hello there.")
+    assert base.audio_digest("m") == same_text_other_chunk.audio_digest("m")
+    variants = [
+        base.model_copy(update={"text": "Hello there!"}),
+        base.model_copy(update={"voice": "belinda"}),
+        base.model_copy(update={"system_prompt": "x"}),
+        base.model_copy(update={"sampling": Sampling(seed=7)}),
+        base.model_copy(update={"sampling": Sampling(top_k=10)}),
+        base.model_copy(update={"take": "2"}),
+    ]
+    digests = {v.audio_digest("m") for v in variants} | {base.audio_digest("m"), base.audio_digest("other-model")}
+    assert len(digests) == len(variants) + 2
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"text": "   "},
+        {"job_id": "a.b"},
+        {"job_id": "x" * 65},
+        {"voice": "../etc/passwd"},
+        {"unknown": 1},
+    ],
+)
+def test_bad_requests_are_refused(fields):
+    with pytest.raises(ValidationError):
+        SynthRequest(**{"job_id": "j", "chunk_id": "1", "text": "hi", **fields})
+
+
+def test_voice_and_reference_are_exclusive():
+    ref = Reference(audio_key="references/x.wav", audio_sha256="0" * 64)
+    with pytest.raises(ValidationError):
+        SynthRequest(job_id="j", chunk_id="1", text="hi", voice="belinda", reference=ref)
+
+
+def test_backoff_grows_caps_and_jitters():
+    rng = random.Random(1)
+    delays = [backoff_s(a, 0.5, 8.0, rng) for a in range(1, 9)]
+    for attempt, delay in enumerate(delays, start=1):
+        ceiling = min(8.0, 0.5 * 2 ** (attempt - 1))
+        assert ceiling * 0.5 <= delay <= ceiling
+    assert max(delays) <= 8.0 and delays[-1] >= 4.0
+    assert len({round(backoff_s(3, 1, 10, rng), 6) for _ in range(20)}) > 10
+    assert is_last_attempt(5, 5) and not is_last_attempt(4, 5)
+
+
+def test_max_tokens_bounded_by_text_and_request():
+    short = max_tokens_for("Hello world.", 2048)
+    long = max_tokens_for(" ".join(["word"] * 200), 2048)
+    assert 128 <= short < 400
+    assert short < long <= 2048
+    assert max_tokens_for(" ".join(["word"] * 200), 300) == 300
+
+
+def test_chat_payload_sends_top_k_top_level_and_stops():
+    client = HiggsClient(Settings(backend_urls=["http://127.0.0.1:9"]))
+    ref = Reference(audio_key="references/x.wav", audio_sha256="0" * 64)
+    payload = client.chat_payload(
+        SynthRequest(job_id="j", chunk_id="1", text="Hi there.", reference=ref, sampling=Sampling(top_k=17, seed=3)),
+        reference_b64="UklGRg==",
+    )
+    assert payload["top_k"] == 17 and "extra_body" not in payload
+    assert payload["stop"] == STOP_STRINGS and payload["seed"] == 3
+    assert payload["max_tokens"] <= 2048
+    roles = [m["role"] for m in payload["messages"]]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert payload["messages"][0]["content"] == DEFAULT_SCENE_PROMPT
+    assert payload["messages"][1]["content"] == "Please speak naturally."
+    assert payload["messages"][2]["content"][0]["input_audio"]["data"] == "UklGRg=="
