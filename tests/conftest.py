@@ -1,0 +1,132 @@
+"""Fixtures: real servers on free loopback ports, one namespace (streams, subjects, key prefix)
+per test so tests never see each other's work. A server that cannot start fails the run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import httpx
+import pytest
+
+from pipeline import bus
+from pipeline.client import EventWaiter
+from pipeline.devstack import DevStack
+from pipeline.engines.sim import SimConfig, SimServer
+from pipeline.runtime import open_store
+from pipeline.settings import Settings
+from pipeline.subjects import Names
+from pipeline.synth import SynthWorker
+from pipeline.backend import HiggsClient
+
+BUCKET = "tts-test"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Iterator[DevStack]:
+    with DevStack(tmp_path_factory.mktemp("stack"), bucket=BUCKET) as running:
+        yield running
+
+
+@pytest.fixture
+def namespace() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def sims() -> Iterator[Callable[..., SimServer]]:
+    """Factory: `sims(latency_s=0.5, slots=64)` starts a stand-in; all are stopped afterwards."""
+    started: list[SimServer] = []
+
+    def start(**knobs) -> SimServer:
+        server = SimServer(SimConfig(**knobs))
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def make_settings(stack: DevStack, namespace: str) -> Callable[..., Settings]:
+    def build(**overrides) -> Settings:
+        values = dict(
+            nats_url=stack.nats.url,
+            s3_endpoint_url=stack.s3.endpoint_url,
+            s3_access_key=stack.s3.access_key,
+            s3_secret_key=stack.s3.secret_key,
+            s3_bucket=BUCKET,
+            s3_prefix=namespace,
+            namespace=namespace,
+            retry_base_delay_s=0.05,
+            retry_max_delay_s=0.5,
+            poll_s=0.05,
+            log_level="warning",
+        )
+        values.update(overrides)
+        return Settings(**values)
+
+    return build
+
+
+class Harness:
+    """One test's view of the bus and store, plus in-process synth workers."""
+
+    def __init__(self, settings: Settings, nc, store):
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.store = store
+        self._workers: list[tuple[SynthWorker, asyncio.Task, HiggsClient, object]] = []
+
+    async def start_worker(self, **overrides) -> SynthWorker:
+        settings = self.settings.model_copy(update=overrides)
+        nc = await bus.connect(settings, name="test-worker")
+        client = HiggsClient(settings, reference_loader=self.store.get)
+        worker = SynthWorker(settings, nc, self.store, client)
+        await worker.setup()
+        task = asyncio.create_task(worker.run())
+        self._workers.append((worker, task, client, nc))
+        return worker
+
+    async def stop_workers(self) -> None:
+        for worker, task, client, nc in self._workers:
+            worker.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 30)
+            await client.aclose()
+            await nc.close()
+        self._workers.clear()
+
+    def waiter(self, job_id: str = "*") -> EventWaiter:
+        return EventWaiter(self.nc, self.names, job_id)
+
+
+@pytest.fixture
+async def harness(make_settings) -> AsyncIterator[Callable[..., Harness]]:
+    """Factory: `await harness(backend_urls=[sim.url], max_in_flight=8)`."""
+    opened: list[Harness] = []
+
+    async def open_one(**overrides) -> Harness:
+        settings = make_settings(**overrides)
+        nc = await bus.connect(settings, name="test")
+        store = await open_store(settings)
+        await bus.ensure_streams(nc.jetstream(), settings, Names(settings.namespace))
+        h = Harness(settings, nc, store)
+        opened.append(h)
+        return h
+
+    yield open_one
+    for h in opened:
+        await h.stop_workers()
+        h.store.close()
+        await h.nc.close()
+
+
+def sim_stats(sim: SimServer) -> dict:
+    return httpx.get(f"{sim.url}/sim/stats", timeout=10).json()

@@ -1,0 +1,228 @@
+"""The synth worker end to end on real servers: nats-server, SeaweedFS, the stand-in engine."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import wave
+
+import pytest
+
+from pipeline.audio import decode_wav, expected_duration_s
+from pipeline.client import publish_synth
+from pipeline.messages import ChunkDone, ChunkFailed, DeadLetter, SynthRequest
+from tests.conftest import sim_stats
+
+WORDS = "the quick brown fox jumps over a lazy dog while seven bright stars shine above".split()
+
+
+def text_for(i: int) -> str:
+    n = 3 + i % 12
+    return " ".join(WORDS[(i + k) % len(WORDS)] for k in range(n)) + f" number {i}."
+
+
+def requests_for(job: str, count: int, start: int = 0) -> list[SynthRequest]:
+    return [SynthRequest(job_id=job, chunk_id=str(i), index=i, text=text_for(i)) for i in range(start, start + count)]
+
+
+async def publish_all(h, reqs, priority="bulk") -> None:
+    await asyncio.gather(*(publish_synth(h.js, h.names, r, priority) for r in reqs))
+
+
+async def test_200_bulk_requests_become_200_valid_wavs(sims, harness):
+    sim = sims(slots=64)
+    h = await harness(backend_urls=[sim.url], max_in_flight=16)
+    reqs = requests_for("job200", 200)
+    async with h.waiter("job200") as waiter:
+        await h.start_worker()
+        await publish_all(h, reqs)
+        outcomes = await waiter.wait_count(200, timeout_s=120)
+    assert all(isinstance(o, ChunkDone) for o in outcomes), [o for o in outcomes if isinstance(o, ChunkFailed)][:3]
+    assert sorted(int(o.chunk_id) for o in outcomes) == list(range(200))
+    keys = {o.key for o in outcomes}
+    stored = set(await h.store.list_keys("audio/"))
+    assert keys <= stored and len(stored) == len(keys)
+    by_chunk = {o.chunk_id: o for o in outcomes}
+    for req in reqs:
+        done = by_chunk[req.chunk_id]
+        samples, rate = decode_wav(await h.store.get(done.key))
+        assert rate == 24000 == done.sample_rate_hz
+        assert samples.shape[0] / rate == pytest.approx(done.duration_s, abs=0.01)
+        assert done.duration_s == pytest.approx(expected_duration_s(req.text, 2.5), rel=0.15, abs=0.6)
+    assert sim_stats(sim)["calls"] == 200
+
+
+@pytest.mark.parametrize("workers,expected_peak", [(1, 8), (2, 16)])
+async def test_in_flight_bound_is_exact(sims, harness, workers, expected_peak):
+    sim = sims(latency_s=0.4, slots=256)
+    h = await harness(backend_urls=[sim.url], max_in_flight=8)
+    reqs = requests_for("peak", 50)
+    async with h.waiter("peak") as waiter:
+        for _ in range(workers):
+            await h.start_worker()
+        await publish_all(h, reqs)
+        outcomes = await waiter.wait_count(50, timeout_s=60)
+    stats = sim_stats(sim)
+    assert all(isinstance(o, ChunkDone) for o in outcomes)
+    assert stats["peak_concurrent"] == expected_peak
+    assert stats["calls"] == 50  # shared without duplicates
+    if workers == 2:
+        assert len({o.worker for o in outcomes}) == 2
+
+
+async def test_same_request_twice_is_synthesised_once(sims, harness):
+    sim = sims(latency_s=0.1)
+    h = await harness(backend_urls=[sim.url])
+    req = SynthRequest(job_id="dup", chunk_id="0", text="Say this only once please.")
+    same_text = SynthRequest(job_id="dup", chunk_id="1", text="Say this only once please.")
+    async with h.waiter("dup") as waiter:
+        await h.start_worker()
+        assert await publish_synth(h.js, h.names, req, "bulk") is True
+        # Same identity inside the duplicate window: the server drops it.
+        assert await publish_synth(h.js, h.names, req, "bulk") is False
+        await waiter.wait_count(1, timeout_s=30)
+        # Another work item with the same audio identity: served from the store.
+        await publish_synth(h.js, h.names, same_text, "bulk")
+        outcomes = await waiter.wait_count(2, timeout_s=30)
+        await asyncio.sleep(0.3)
+    assert len(waiter.order) == 2
+    first, second = outcomes
+    assert first.cached is False and second.cached is True and first.key == second.key
+    assert sim_stats(sim)["calls"] == 1
+
+
+async def test_concurrent_duplicates_in_one_worker_share_one_call(sims, harness):
+    sim = sims(latency_s=0.3)
+    h = await harness(backend_urls=[sim.url], max_in_flight=8)
+    reqs = [SynthRequest(job_id="same", chunk_id=str(i), text="Identical words every time.") for i in range(6)]
+    async with h.waiter("same") as waiter:
+        await h.start_worker()
+        await publish_all(h, reqs)
+        outcomes = await waiter.wait_count(6, timeout_s=30)
+    assert sum(not o.cached for o in outcomes) == 1
+    assert sim_stats(sim)["calls"] == 1
+
+
+async def test_503_twice_then_done_on_third_attempt(sims, harness):
+    sim = sims(fail_first=2, error_status=503)
+    h = await harness(backend_urls=[sim.url])
+    req = SynthRequest(job_id="retry", chunk_id="0", text="Third time lucky for this one.")
+    async with h.waiter("retry") as waiter:
+        await h.start_worker()
+        await publish_synth(h.js, h.names, req, "bulk")
+        (outcome,) = await waiter.wait_count(1, timeout_s=30)
+    assert isinstance(outcome, ChunkDone) and outcome.attempt == 3
+    assert sim_stats(sim)["calls"] == 3
+
+
+async def test_400_fails_at_once_with_the_backend_message(sims, harness):
+    sim = sims(error_rate=1.0, error_status=400)
+    h = await harness(backend_urls=[sim.url])
+    req = SynthRequest(job_id="bad400", chunk_id="0", text="This will be refused.")
+    async with h.waiter("bad400") as waiter:
+        await h.start_worker()
+        await publish_synth(h.js, h.names, req, "bulk")
+        (outcome,) = await waiter.wait_count(1, timeout_s=30)
+        await asyncio.sleep(0.5)
+    assert isinstance(outcome, ChunkFailed) and outcome.reason == "permanent"
+    assert "400" in outcome.error and outcome.attempt == 1
+    assert sim_stats(sim)["calls"] == 1
+    letters = await read_dlq(h)
+    assert [(d.job_id, d.reason) for d in letters] == [("bad400", "permanent")]
+
+
+async def test_retryable_failure_ends_in_dead_letter_after_max_deliver(sims, harness):
+    sim = sims(error_rate=1.0, error_status=503)
+    h = await harness(backend_urls=[sim.url], max_deliver=3)
+    req = SynthRequest(job_id="exhaust", chunk_id="0", text="Never going to work.")
+    async with h.waiter("exhaust") as waiter:
+        await h.start_worker()
+        await publish_synth(h.js, h.names, req, "bulk")
+        (outcome,) = await waiter.wait_count(1, timeout_s=30)
+    assert isinstance(outcome, ChunkFailed) and outcome.reason == "max_deliver" and outcome.attempt == 3
+    assert "503" in outcome.error
+    assert sim_stats(sim)["calls"] == 3
+    assert [d.attempts for d in await read_dlq(h)] == [3]
+
+
+async def test_glued_wav_is_stored_with_its_true_length(sims, harness):
+    sim = sims(glued_wav=True)
+    h = await harness(backend_urls=[sim.url])
+    text = "one two three four five six seven eight nine ten eleven twelve"  # ~4.8 s
+    req = SynthRequest(job_id="glued", chunk_id="0", text=text)
+    async with h.waiter("glued") as waiter:
+        await h.start_worker()
+        await publish_synth(h.js, h.names, req, "bulk")
+        (outcome,) = await waiter.wait_count(1, timeout_s=30)
+    assert isinstance(outcome, ChunkDone) and "glued" in outcome.repaired
+    data = await h.store.get(outcome.key)
+    with wave.open(io.BytesIO(data)) as reader:
+        header_s = reader.getnframes() / reader.getframerate()
+    assert header_s == pytest.approx(12 / 2.5, rel=0.05)
+    assert header_s == pytest.approx(outcome.duration_s, abs=0.01)
+
+
+async def test_preset_voice_goes_through_the_speech_endpoint(sims, harness):
+    sim = sims()
+    h = await harness(backend_urls=[sim.url])
+    req = SynthRequest(job_id="voice", chunk_id="0", text="A named voice speaks here.", voice="belinda")
+    async with h.waiter("voice") as waiter:
+        await h.start_worker()
+        await publish_synth(h.js, h.names, req, "bulk")
+        (outcome,) = await waiter.wait_count(1, timeout_s=30)
+    assert isinstance(outcome, ChunkDone)
+    assert sim_stats(sim)["calls_by_path"].get("/v1/audio/speech") == 1
+
+
+async def test_interactive_overtakes_queued_bulk(sims, harness):
+    sim = sims(latency_s=0.05, slots=256)
+    h = await harness(backend_urls=[sim.url], max_in_flight=4)
+    bulk = requests_for("bulkjob", 200)
+    interactive = [SynthRequest(job_id="fast", chunk_id=str(i), text=text_for(i)) for i in range(5)]
+    async with h.waiter() as waiter:
+        await publish_all(h, bulk)  # all queued before the worker starts
+        await h.start_worker()
+        await asyncio.sleep(0.3)  # the worker is busy with bulk now
+        await publish_all(h, interactive, priority="interactive")
+        await waiter.wait_count(205, timeout_s=120)
+    order = [o.job_id for o in waiter.order]
+    positions = [i for i, job in enumerate(order) if job == "fast"]
+    bulk_after = sum(1 for i, job in enumerate(order) if job == "bulkjob" and i > max(positions))
+    assert bulk_after > 100, f"interactive finished at positions {positions}"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"this is not json", json.dumps({"job_id": "schema", "chunk_id": "0"}).encode(), b'{"job_id": "schema", "text": 5}'],
+)
+async def test_bad_input_becomes_failed_event_and_dead_letter(sims, harness, payload):
+    sim = sims()
+    h = await harness(backend_urls=[sim.url])
+    good = SynthRequest(job_id="schema", chunk_id="ok", text="A valid request after the bad one.")
+    async with h.waiter() as waiter:
+        await h.start_worker()
+        await h.js.publish(h.names.synth("bulk"), payload)
+        await publish_synth(h.js, h.names, good, "bulk")
+        outcomes = await waiter.wait_count(2, timeout_s=30)
+    failed = [o for o in outcomes if isinstance(o, ChunkFailed)]
+    done = [o for o in outcomes if isinstance(o, ChunkDone)]
+    assert len(failed) == 1 and len(done) == 1 and done[0].chunk_id == "ok"
+    assert failed[0].reason == "invalid" and "invalid synth request" in failed[0].error
+    (letter,) = await read_dlq(h)
+    assert letter.reason == "invalid" and letter.payload.encode() == payload
+    assert letter.source_subject == h.names.synth("bulk")
+    assert sim_stats(sim)["calls"] == 1
+    info = await h.js.stream_info(h.names.synth_stream)
+    assert info.state.messages == 0  # nothing left behind in the work queue
+
+
+async def read_dlq(h) -> list[DeadLetter]:
+    info = await h.js.stream_info(h.names.dlq_stream)
+    letters = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        if info.state.messages == 0:
+            break
+        msg = await h.js.get_msg(h.names.dlq_stream, seq)
+        letters.append(DeadLetter.from_bytes(msg.data))
+    return letters
