@@ -39,14 +39,20 @@ async def connect(settings: Settings, name: str) -> NATS:
         # Reconnect attempts fail here repeatedly while the server is away: one line each.
         log.warning("nats.error", error=f"{type(exc).__name__}: {exc}".strip())
 
+    await _probe(settings)
+    holder: list[NATS] = []
+
     async def on_disconnect() -> None:
-        log.warning("nats.disconnected")
+        # Also called on our own close/drain, which is not worth a warning.
+        if holder and (holder[0].is_closed or holder[0].is_draining):
+            return
+        log.warning("nats.disconnected", url=settings.nats_url)
 
     async def on_reconnect() -> None:
         log.info("nats.reconnected")
 
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             settings.nats_url,
             name=name,
             connect_timeout=settings.nats_connect_timeout_s,
@@ -59,6 +65,26 @@ async def connect(settings: Settings, name: str) -> NATS:
         )
     except Exception as exc:  # nats raises several unrelated types for "not there"
         raise StartupError(f"cannot reach NATS at {settings.nats_url}: {type(exc).__name__}: {exc}") from None
+    holder.append(nc)
+    return nc
+
+
+async def _probe(settings: Settings) -> None:
+    """nats-py retries the first connect forever when reconnects are unlimited; a plain TCP
+    probe first turns "nothing there" into one clear error."""
+    from urllib.parse import urlparse
+
+    for url in settings.nats_url.split(","):
+        parsed = urlparse(url.strip() if "://" in url else f"nats://{url.strip()}")
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or 4222
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), settings.nats_connect_timeout_s)
+        except (OSError, asyncio.TimeoutError) as exc:
+            last = f"{type(exc).__name__}: {exc}".strip()
+            continue
+        writer.close()
+        return
+    raise StartupError(f"cannot reach NATS at {settings.nats_url}: {last}")
 
 
 async def ensure_streams(js: JetStreamContext, settings: Settings, names: Names) -> None:

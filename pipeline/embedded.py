@@ -59,11 +59,12 @@ def _backends_configured() -> bool:
 class EngineProcess:
     """The stand-in engine as a child process (its own session: Ctrl-C reaches only us)."""
 
-    def __init__(self, port: int, log_path: Path, latency_s: float):
+    def __init__(self, port: int, log_path: Path, latency_s: float, extra_args: tuple[str, ...] = ()):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.latency_s = latency_s
+        self.extra_args = extra_args
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> "EngineProcess":
@@ -71,7 +72,7 @@ class EngineProcess:
         with open(self.log_path, "ab") as out:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.cli", "engine", "--kind", "sim", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--latency-s", str(self.latency_s)],
+                 "--port", str(self.port), "--latency-s", str(self.latency_s), *self.extra_args],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         deadline = time.monotonic() + ENGINE_READY_TIMEOUT_S
@@ -167,6 +168,7 @@ async def _demo_job(settings: Settings, sentences: list[str], out_dir: Path, sta
     for line in stack.describe():
         print(f"  {line}")
     async with synth_worker(settings, name="demo") as worker:
+        await worker.setup()
         runner = asyncio.create_task(worker.run())
         try:
             nc = worker.nc

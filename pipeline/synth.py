@@ -109,15 +109,19 @@ class SynthWorker:
         self._stopping = asyncio.Event()
         self._keys = _KeyLocks()
         self._rng = random.Random()
+        self._ready = False
 
     # ---------------------------------------------------------------- lifecycle
 
     async def setup(self) -> None:
-        """Streams, consumers and bucket exist afterwards (idempotent, every worker may do it)."""
+        """Streams and consumers exist afterwards (idempotent: every worker may do it, twice)."""
+        if self._ready:
+            return
         await bus.ensure_streams(self.js, self.settings, self.names)
         await bus.ensure_synth_consumers(self.js, self.settings, self.names)
         for puller in self._pullers.values():
             await puller.start()
+        self._ready = True
 
     def stop(self) -> None:
         """Ask the worker to stop pulling; `run` then drains and returns."""

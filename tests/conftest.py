@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import httpx
 import pytest
 
-from pipeline import bus
+from pipeline import bus, logs
 from pipeline.client import EventWaiter
 from pipeline.devstack import DevStack
 from pipeline.engines.sim import SimConfig, SimServer
@@ -22,6 +22,11 @@ from pipeline.synth import SynthWorker
 from pipeline.backend import HiggsClient
 
 BUCKET = "tts-test"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_logs() -> None:
+    logs.configure("warning")
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +90,7 @@ class Harness:
         self._workers: list[tuple[SynthWorker, asyncio.Task, HiggsClient, object]] = []
 
     async def start_worker(self, **overrides) -> SynthWorker:
+        overrides.setdefault("worker_name", f"test-worker-{len(self._workers)}")
         settings = self.settings.model_copy(update=overrides)
         nc = await bus.connect(settings, name="test-worker")
         client = HiggsClient(settings, reference_loader=self.store.get)

@@ -1,0 +1,303 @@
+"""The sim engine over real HTTP on loopback: protocol, audio, capacity and faults."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import struct
+import threading
+import time
+import wave
+from contextlib import contextmanager
+
+import httpx
+import numpy as np
+import pytest
+
+from pipeline.engines.sim import SimConfig, SimServer, add_arguments, config_from_args
+
+MODEL = "higgs-audio-v2"
+TEN_WORDS = "the quick brown fox jumps over the lazy sleeping dog"  # 4.0 s at 2.5 words/s
+TEN_WORDS_LESS_ONE = "quick brown fox jumps over the lazy sleeping dog"
+
+
+@contextmanager
+def sim_client(**knobs):
+    with SimServer(SimConfig(**knobs)) as sim:
+        with httpx.Client(base_url=sim.url, trust_env=False, timeout=10.0) as client:
+            yield sim, client
+
+
+def chat_body(text: str, **extra) -> dict:
+    messages = [
+        {"role": "system", "content": "Generate audio following instruction."},
+        {"role": "user", "content": [{"type": "text", "text": text}]},
+    ]
+    return {"model": MODEL, "messages": messages, **extra}
+
+
+def speech_body(text: str, **extra) -> dict:
+    return {"model": MODEL, "input": text, "voice": "belinda", **extra}
+
+
+def chat(client: httpx.Client, text: str, **extra) -> httpx.Response:
+    return client.post("/v1/chat/completions", json=chat_body(text, **extra))
+
+
+def speech(client: httpx.Client, text: str, **extra) -> httpx.Response:
+    return client.post("/v1/audio/speech", json=speech_body(text, **extra))
+
+
+def wav_of(answer: dict) -> bytes:
+    return base64.b64decode(answer["choices"][0]["message"]["audio"]["data"])
+
+
+def read_wav(data: bytes) -> tuple[int, int, np.ndarray]:
+    with wave.open(io.BytesIO(data)) as w:
+        samples = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+        return w.getframerate(), w.getnchannels(), samples
+
+
+def split_glued(data: bytes) -> list[tuple[int, bytes]]:
+    """(claimed data bytes, actual data bytes) for each 44-byte-header WAV in a row."""
+    files, pos = [], 0
+    while pos < len(data):
+        assert data[pos:pos + 4] == b"RIFF" and data[pos + 36:pos + 40] == b"data"
+        (size,) = struct.unpack_from("<I", data, pos + 40)
+        files.append((size, data[pos + 44:pos + 44 + size]))
+        pos += 44 + size
+    return files
+
+
+def test_health_models_voices():
+    with sim_client() as (_, client):
+        health = client.get("/health")
+        assert health.status_code == 200 and health.content == b""
+        models = client.get("/v1/models").json()
+        assert models["object"] == "list"
+        card = models["data"][0]
+        assert card["id"] == MODEL and card["owned_by"] == "vllm" and card["max_model_len"] == 8192
+        assert card["parent"] is None and card["permission"] == []
+        assert "belinda" in client.get("/v1/audio/voices").json()
+
+
+def test_post_without_json_content_type_is_415():
+    with sim_client() as (_, client):
+        for path in ("/v1/chat/completions", "/v1/audio/speech"):
+            answer = client.post(path, content=b"{}", headers={"content-type": "text/plain"})
+            assert answer.status_code == 415
+            assert answer.json() == {
+                "detail": "Unsupported Media Type: Only 'application/json' is allowed"
+            }
+
+
+def test_unknown_model_is_404_and_bad_body_is_400_in_vllm_shape():
+    with sim_client() as (_, client):
+        answer = chat(client, "hi", model="nope")
+        assert answer.status_code == 404
+        assert answer.json() == {
+            "object": "error", "message": "The model `nope` does not exist.",
+            "type": "NotFoundError", "param": None, "code": 404,
+        }
+        missing = client.post("/v1/audio/speech", json={"model": MODEL, "voice": "belinda"})
+        assert missing.status_code == 400 and missing.json()["type"] == "BadRequestError"
+        too_long = chat(client, "hi", max_tokens=9000)
+        assert too_long.status_code == 400
+        assert too_long.json()["message"].startswith(
+            "This model's maximum context length is 8192 tokens. However, you requested 9007 tokens "
+            "(7 in the messages, 9000 in the completion)"
+        )
+
+
+def test_chat_returns_wav_whose_length_follows_the_text():
+    with sim_client() as (_, client):
+        answer = chat(client, TEN_WORDS, seed=1).json()
+        choice = answer["choices"][0]
+        assert answer["object"] == "chat.completion" and choice["finish_reason"] == "stop"
+        assert choice["message"]["audio"]["id"].startswith("audio-")
+        rate_hz, channels, samples = read_wav(wav_of(answer))
+        assert (rate_hz, channels) == (24_000, 1)
+        assert len(samples) / rate_hz == pytest.approx(10 / 2.5, rel=0.03)
+        assert answer["usage"]["completion_tokens"] == 100
+        peak_dbfs = 20 * np.log10(np.abs(samples.astype(np.int32)).max() / 32768)
+        assert -7.0 < peak_dbfs < -5.0
+        # Gaps between words: a good share of 10 ms frames is near silence.
+        frames = samples[: len(samples) // 240 * 240].reshape(-1, 240) / 32768.0
+        frames_rms = np.sqrt((frames**2).mean(axis=1))
+        assert 0.05 < np.mean(frames_rms < 1e-3) < 0.5
+
+
+def test_chat_audio_is_deterministic_per_seed():
+    with sim_client() as (_, client):
+        def audio(seed: int) -> bytes:
+            return wav_of(chat(client, TEN_WORDS, seed=seed).json())
+
+        assert audio(7) == audio(7)
+        assert audio(7) != audio(8)
+
+
+def test_max_tokens_truncates_with_finish_reason_length():
+    with sim_client() as (_, client):
+        answer = chat(client, TEN_WORDS, max_tokens=50).json()
+        assert answer["choices"][0]["finish_reason"] == "length"
+        assert answer["usage"]["completion_tokens"] == 50
+        _, _, samples = read_wav(wav_of(answer))
+        assert len(samples) == 2 * 24_000
+
+
+def test_speech_pcm_is_raw_int16_labelled_mpeg():
+    with sim_client() as (_, client):
+        answer = speech(client, "one two three four five")
+        assert answer.status_code == 200
+        assert answer.headers["content-type"] == "audio/mpeg"
+        assert "content-length" not in answer.headers
+        assert len(answer.content) == 2 * 24_000 * 2  # 2.0 s of int16, no header
+        assert answer.content[:4] != b"RIFF"
+
+
+def test_speech_wav_is_glued_files_whose_data_equals_pcm():
+    with sim_client() as (_, client):
+        pcm = speech(client, TEN_WORDS).content
+        glued = speech(client, TEN_WORDS, response_format="wav").content
+        with wave.open(io.BytesIO(glued)) as first:
+            assert first.getnframes() == 16_320  # a player trusting it stops at 0.68 s
+        files = split_glued(glued)
+        assert [len(d) // 2 for _, d in files] == [16_320, 24_000, 24_000, 24_000, 7_680]
+        assert b"".join(d for _, d in files) == pcm
+        # Unknown voices fall back to belinda, like the real server.
+        assert speech(client, TEN_WORDS, voice="alloy").content == pcm
+        assert speech(client, TEN_WORDS, voice="vex").content != pcm
+        assert speech(client, "hi", response_format="mp3").status_code == 400
+
+
+async def test_slots_and_latency_bound_concurrency():
+    with SimServer(SimConfig(slots=4, latency_s=0.3)) as sim:
+        async with httpx.AsyncClient(base_url=sim.url, trust_env=False, timeout=10.0) as client:
+            started = time.monotonic()
+            answers = await asyncio.gather(*(
+                client.post("/v1/chat/completions", json=chat_body(f"call number {i}"))
+                for i in range(12)
+            ))
+            elapsed_s = time.monotonic() - started
+        stats = sim.stats()
+    assert all(a.status_code == 200 for a in answers)
+    assert 0.85 < elapsed_s < 1.4  # three waves of 0.3 s
+    assert stats["peak_active"] == 4
+    assert stats["peak_concurrent"] == 12  # all twelve were inside handlers, eight queued
+    assert stats["calls"] == stats["completed"] == 12 and stats["active"] == stats["queued"] == 0
+
+
+async def test_tokens_per_s_follows_the_batch_step_model():
+    with SimServer(SimConfig(slots=8, tokens_per_s=250)) as sim:
+        async with httpx.AsyncClient(base_url=sim.url, trust_env=False, timeout=10.0) as client:
+            await client.post("/v1/chat/completions", json=chat_body("warm up"))
+            started = time.monotonic()
+            answers = await asyncio.gather(*(
+                client.post("/v1/chat/completions", json=chat_body(f"{i} {TEN_WORDS_LESS_ONE}"))
+                for i in range(8)
+            ))
+            elapsed_s = time.monotonic() - started
+        stats = sim.stats()
+    assert all(a.json()["usage"]["completion_tokens"] == 100 for a in answers)
+    expected_s = 100 / 250 * (1 + 0.02 * 7)
+    assert 0.9 * expected_s < elapsed_s < 1.5 * expected_s
+    assert stats["ideal_audio_s_per_s"] == pytest.approx(8 * 250 / (1 + 0.02 * 7) / 25)
+
+
+def test_fail_first_then_success_for_the_same_text():
+    with sim_client(fail_first=2) as (sim, client):
+        statuses = [chat(client, "retry me").status_code for _ in range(3)]
+        assert statuses == [503, 503, 200]
+        assert chat(client, "other").status_code == 503
+        stats = sim.stats()
+        assert stats["errors"] == 3 and stats["completed"] == 1
+        assert sorted(stats["calls_by_text"].values()) == [1, 3]
+
+
+def test_error_rate_one_fails_every_call_with_error_status():
+    with sim_client(error_rate=1.0, error_status=429) as (_, client):
+        answers = [speech(client, f"text {i}") for i in range(3)]
+        assert [a.status_code for a in answers] == [429] * 3
+        assert answers[0].json()["object"] == "error" and answers[0].json()["code"] == 429
+
+
+def test_empty_audio_fault_answers_without_audio():
+    with sim_client(empty_audio_rate=1.0) as (_, client):
+        answer = chat(client, TEN_WORDS).json()
+        assert answer["choices"][0]["message"]["audio"] is None
+
+
+def test_runaway_pads_silence_up_to_max_tokens():
+    with sim_client(runaway_rate=1.0) as (_, client):
+        answer = chat(client, "one two three four five", max_tokens=250).json()
+        assert answer["choices"][0]["finish_reason"] == "length"
+        _, _, samples = read_wav(wav_of(answer))
+        assert len(samples) == 10 * 24_000
+        assert not samples[3 * 24_000:].any()  # speech ends at 2 s, then silence
+
+
+def test_glued_and_short_header_faults_on_chat():
+    with sim_client(glued_wav=True) as (_, client):
+        data = wav_of(chat(client, TEN_WORDS).json())
+        assert len(split_glued(data)) == 5 and split_glued(data)[0][0] == 2 * 16_320
+    with sim_client(short_header_rate=1.0) as (_, client):
+        data = wav_of(chat(client, TEN_WORDS).json())
+        assert struct.unpack_from("<I", data, 40)[0] == 2 * 16_320
+        assert len(data) == 44 + 2 * 4 * 24_000  # all the audio is still there
+
+
+def test_disconnected_client_frees_its_slot():
+    with sim_client(slots=1, hang_rate=1.0, hang_s=3600) as (sim, client):
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/v1/chat/completions", json=chat_body("stuck"), timeout=0.3)
+        assert client.patch("/sim/config", json={"hang_rate": 0.0}).status_code == 200
+        assert chat(client, "next").status_code == 200
+        assert sim.stats()["aborted"] == 1
+
+
+def test_patch_config_and_reset():
+    with sim_client() as (sim, client):
+        chat(client, "count me")
+        patched = client.patch("/sim/config", json={"slots": 2, "latency_s": 0.05})
+        assert patched.status_code == 200 and patched.json()["slots"] == 2
+        assert client.patch("/sim/config", json={"no_such_knob": 1}).status_code == 400
+        assert client.patch("/sim/config", json={"error_rate": 2}).status_code == 400
+        assert sim.stats()["calls"] == 1
+        client.post("/sim/reset")
+        stats = sim.stats()
+        assert stats["calls"] == 0 and stats["calls_by_text"] == {}
+        assert stats["config"]["slots"] == 2  # reset keeps the config
+
+
+def test_stop_leaves_no_thread_even_with_a_hung_call():
+    before = set(threading.enumerate())
+    sim = SimServer(SimConfig(hang_rate=1.0)).start()
+    hung_status: list[int] = []
+    hung = threading.Thread(target=_post, args=(f"{sim.url}/v1/chat/completions", hung_status))
+    hung.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    sim.stop()
+    hung.join(5.0)
+    assert time.monotonic() - started < 1.0  # the hung call is answered 503, not waited for
+    assert set(threading.enumerate()) <= before
+    assert hung_status == [503]
+
+
+def _post(url: str, statuses: list[int]) -> None:
+    answer = httpx.post(url, json=chat_body("hang"), timeout=30.0, trust_env=False)
+    statuses.append(answer.status_code)
+
+
+def test_cli_flags_build_a_config():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--slots", "4", "--latency-s", "0.5", "--glued-wav", "--voices", "a,b", "--port", "9"]
+    )
+    config = config_from_args(args)
+    assert (config.slots, config.latency_s, config.glued_wav) == (4, 0.5, True)
+    assert config.voices == ("a", "b") and config.tokens_per_s == 0
+    assert (args.host, args.port) == ("127.0.0.1", 9)
