@@ -142,6 +142,25 @@ async def ensure_synth_consumers(js: JetStreamContext, settings: Settings, names
         await js.add_consumer(names.synth_stream, config)
 
 
+WORKER_TTL_S = 15.0
+
+
+async def workers_kv(js: JetStreamContext, names: Names):
+    """The `tts_workers` bucket: one key per live worker, gone `WORKER_TTL_S` after its last beat."""
+    try:
+        return await js.key_value(names.workers_kv)
+    except Exception:
+        return await js.create_key_value(js_api.KeyValueConfig(bucket=names.workers_kv, ttl=WORKER_TTL_S, history=1))
+
+
+async def jobs_kv(js: JetStreamContext, names: Names):
+    """The `tts_jobs` bucket: job and chapter state (no TTL)."""
+    try:
+        return await js.key_value(names.jobs_kv)
+    except Exception:
+        return await js.create_key_value(js_api.KeyValueConfig(bucket=names.jobs_kv, history=1))
+
+
 @dataclass
 class Puller:
     """Pulls from one durable consumer, never more than asked."""

@@ -177,3 +177,26 @@ class DeadLetter(_Message):
     # The original payload, as text when it decodes as UTF-8 (it always fits: NATS caps at 1 MiB).
     payload: str
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+
+
+class BackendStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    url: str
+    healthy: bool
+    in_flight: int
+    calls: int
+
+
+class WorkerHeartbeat(_Message):
+    """A worker's state in the `tts_workers` KV bucket, refreshed every `heartbeat_s`."""
+
+    kind: Literal["worker.heartbeat"] = "worker.heartbeat"
+    worker: str
+    max_in_flight: int
+    in_flight: int
+    peak_in_flight: int
+    synthesized: int
+    cached: int
+    failed: int
+    retried: int
+    backends: list[BackendStatus]

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     # How long one idle poll of the bulk queue waits; bounds interactive latency on an idle worker.
     poll_s: float = Field(default=0.2, gt=0)
     drain_timeout_s: float = 30.0
+    heartbeat_s: float = Field(default=5.0, gt=0)
     worker_name: str = ""
 
     # --- audio checks ---

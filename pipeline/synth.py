@@ -31,7 +31,9 @@ from pipeline import bus
 from pipeline.audio import AudioBounds, check_audio, encode_wav, to_mono_int16
 from pipeline.backend import HiggsClient
 from pipeline.errors import Permanent, Retryable
-from pipeline.messages import ChunkDone, ChunkFailed, ChunkTimings, DeadLetter, SynthRequest
+from pipeline.messages import (
+    BackendStatus, ChunkDone, ChunkFailed, ChunkTimings, DeadLetter, SynthRequest, WorkerHeartbeat,
+)
 from pipeline.policy import backoff_s, is_last_attempt
 from pipeline.settings import Settings
 from pipeline.store import Store, audio_key
@@ -131,13 +133,42 @@ class SynthWorker:
     async def run(self) -> None:
         await self.setup()
         log.info("synth.started", worker=self.name, max_in_flight=self.settings.max_in_flight, backends=self.client.urls)
+        heartbeat = asyncio.create_task(self._heartbeat_loop())
         try:
             await self._pull_loop()
         finally:
             await self._drain()
+            heartbeat.cancel()
+            with contextlib.suppress(Exception):
+                await (await bus.workers_kv(self.js, self.names)).delete(self.name)
             for puller in self._pullers.values():
                 await puller.stop()
             log.info("synth.stopped", worker=self.name, **self._stats_fields())
+
+    def heartbeat(self, backend_health: dict[str, bool]) -> WorkerHeartbeat:
+        s = self.stats
+        return WorkerHeartbeat(
+            worker=self.name, max_in_flight=self.settings.max_in_flight, in_flight=s.in_flight,
+            peak_in_flight=s.peak_in_flight, synthesized=s.synthesized, cached=s.cached, failed=s.failed,
+            retried=s.retried, backends=[
+                BackendStatus(url=b["url"], healthy=backend_health.get(b["url"], False) and b["healthy"],
+                              in_flight=b["in_flight"], calls=b["calls"])
+                for b in self.client.snapshot()
+            ],
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        """Publish this worker's state to `tts_workers` (the gateway's /health reads it)."""
+        while True:
+            try:
+                kv = await bus.workers_kv(self.js, self.names)
+                health = await self.client.health()
+                await kv.put(self.name, self.heartbeat(health).to_bytes())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("synth.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(self.settings.heartbeat_s)
 
     def _stats_fields(self) -> dict:
         s = self.stats

@@ -226,3 +226,27 @@ async def read_dlq(h) -> list[DeadLetter]:
         msg = await h.js.get_msg(h.names.dlq_stream, seq)
         letters.append(DeadLetter.from_bytes(msg.data))
     return letters
+
+
+async def test_worker_heartbeat_reports_backend_health(sims, harness):
+    from pipeline import bus
+    from pipeline.messages import WorkerHeartbeat
+
+    sim = sims()
+    h = await harness(backend_urls=[sim.url, "http://127.0.0.1:9"], heartbeat_s=0.2)
+    worker = await h.start_worker(worker_name="hb-worker")
+    kv = await bus.workers_kv(h.js, h.names)
+    for _ in range(50):
+        try:
+            beat = WorkerHeartbeat.from_bytes((await kv.get("hb-worker")).value)
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("no heartbeat")
+    health = {b.url: b.healthy for b in beat.backends}
+    assert health == {sim.url: True, "http://127.0.0.1:9": False}
+    assert beat.max_in_flight == worker.settings.max_in_flight
+    await h.stop_workers()
+    with pytest.raises(Exception):
+        await kv.get("hb-worker")  # a stopped worker removes itself
