@@ -144,6 +144,20 @@ class HiggsClient:
                 result[server.url] = False
         return result
 
+    async def voices(self) -> dict[str, list[str]]:
+        """Preset voice names each reachable server offers (`GET /v1/audio/voices`)."""
+        result: dict[str, list[str]] = {}
+        for server in self._servers:
+            try:
+                response = await server.client.get("/v1/audio/voices", timeout=self.settings.backend_connect_timeout_s)
+                names = response.json() if response.status_code == 200 else []
+                if isinstance(names, dict):  # some servers wrap the list
+                    names = names.get("voices", [])
+                result[server.url] = [str(n) for n in names if isinstance(n, str)]
+            except (httpx.HTTPError, ValueError):
+                result[server.url] = []
+        return result
+
     async def synthesize(self, request: SynthRequest) -> BackendAnswer:
         """Audio for one request, from the least-loaded healthy server.
 

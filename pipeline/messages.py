@@ -22,6 +22,8 @@ DEFAULT_SCENE_PROMPT = (
     "<|scene_desc_start|>\nAudio is recorded from a quiet room.\n<|scene_desc_end|>"
 )
 DEFAULT_REFERENCE_TEXT = "Please speak naturally."
+# Presets configured in the bosonai/higgs-audio-vllm image (reference/higgs-vllm-api.md §5).
+HIGGS_PRESET_VOICES = ("belinda", "broom_salesman", "chadwick", "en_man", "en_woman", "mabel", "vex", "zh_man_sichuan")
 
 
 class _Message(BaseModel):
@@ -185,6 +187,7 @@ class BackendStatus(BaseModel):
     healthy: bool
     in_flight: int
     calls: int
+    voices: list[str] = Field(default_factory=list)
 
 
 class WorkerHeartbeat(_Message):

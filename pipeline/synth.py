@@ -145,25 +145,30 @@ class SynthWorker:
                 await puller.stop()
             log.info("synth.stopped", worker=self.name, **self._stats_fields())
 
-    def heartbeat(self, backend_health: dict[str, bool]) -> WorkerHeartbeat:
+    def heartbeat(self, backend_health: dict[str, bool], voices: dict[str, list[str]] | None = None) -> WorkerHeartbeat:
         s = self.stats
         return WorkerHeartbeat(
             worker=self.name, max_in_flight=self.settings.max_in_flight, in_flight=s.in_flight,
             peak_in_flight=s.peak_in_flight, synthesized=s.synthesized, cached=s.cached, failed=s.failed,
             retried=s.retried, backends=[
                 BackendStatus(url=b["url"], healthy=backend_health.get(b["url"], False) and b["healthy"],
-                              in_flight=b["in_flight"], calls=b["calls"])
+                              in_flight=b["in_flight"], calls=b["calls"], voices=(voices or {}).get(b["url"], []))
                 for b in self.client.snapshot()
             ],
         )
 
     async def _heartbeat_loop(self) -> None:
         """Publish this worker's state to `tts_workers` (the gateway's /health reads it)."""
+        voices: dict[str, list[str]] = {}
+        beats = 0
         while True:
             try:
                 kv = await bus.workers_kv(self.js, self.names)
                 health = await self.client.health()
-                await kv.put(self.name, self.heartbeat(health).to_bytes())
+                if beats % 12 == 0 or not any(voices.values()):  # voice lists rarely change
+                    voices = await self.client.voices()
+                beats += 1
+                await kv.put(self.name, self.heartbeat(health, voices).to_bytes())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

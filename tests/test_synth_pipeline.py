@@ -247,6 +247,7 @@ async def test_worker_heartbeat_reports_backend_health(sims, harness):
     health = {b.url: b.healthy for b in beat.backends}
     assert health == {sim.url: True, "http://127.0.0.1:9": False}
     assert beat.max_in_flight == worker.settings.max_in_flight
+    assert "belinda" in beat.backends[0].voices
     await h.stop_workers()
     with pytest.raises(Exception):
         await kv.get("hb-worker")  # a stopped worker removes itself
