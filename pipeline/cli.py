@@ -56,7 +56,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_json)
-    return asyncio.run(run_up(settings, data_dir=args.data_dir, engine_latency_s=args.engine_latency_s))
+    return asyncio.run(run_up(settings, data_dir=args.data_dir, engine_latency_s=args.engine_latency_s,
+                              engine_port=args.engine_port))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run the embedded stack (nats-server, SeaweedFS, engine, synth worker)")
     p.add_argument("--data-dir", default=".tts-data", help="where the servers keep their data (default: .tts-data)")
     p.add_argument("--engine-latency-s", type=float, default=0.2, help="stand-in engine latency per call")
+    p.add_argument("--engine-port", type=int, default=None,
+                   help="port of the local engine (default: the port of TTS_BACKEND_URLS' first URL, 8000)")
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("demo", help="synthesise a short text end to end on a throw-away embedded stack")

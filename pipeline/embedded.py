@@ -106,7 +106,7 @@ def _start_stack(data_dir: Path, settings: Settings, nats_port: int | None, s3_p
         raise StartupError(str(exc).splitlines()[0]) from None
 
 
-async def run_up(settings: Settings, data_dir: str, engine_latency_s: float) -> int:
+async def run_up(settings: Settings, data_dir: str, engine_latency_s: float, engine_port: int | None = None) -> int:
     nats_port = _loopback_port(settings.nats_url, "TTS_NATS_URL")
     s3_port = _loopback_port(settings.s3_endpoint_url, "TTS_S3_ENDPOINT_URL")
     root = Path(data_dir).absolute()
@@ -114,8 +114,9 @@ async def run_up(settings: Settings, data_dir: str, engine_latency_s: float) -> 
     engine = None
     try:
         if not _backends_configured():
-            port = _loopback_port(settings.backend_urls[0], "TTS_BACKEND_URLS")
+            port = engine_port or _loopback_port(settings.backend_urls[0], "TTS_BACKEND_URLS")
             engine = await asyncio.to_thread(EngineProcess(port, root / "logs" / "engine.log", engine_latency_s).start)
+            settings = settings.model_copy(update={"backend_urls": [engine.url]})
         print("tts-pipeline up: the embedded stack is running (Ctrl-C stops everything)")
         for line in stack.describe():
             print(f"  {line}")
