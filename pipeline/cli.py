@@ -32,14 +32,32 @@ def _settings() -> Settings:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from pipeline.runtime import run_synth_worker
-
     settings = _settings()
     if args.max_in_flight:
         settings = settings.model_copy(update={"max_in_flight": args.max_in_flight})
     logs.configure(settings.log_level, settings.log_json)
-    asyncio.run(run_synth_worker(settings))
+    if args.kind == "synth":
+        from pipeline.runtime import run_synth_worker as run
+    elif args.kind == "ingest":
+        from pipeline.ingest import run_ingest_worker as run
+    else:
+        from pipeline.assembler import run_assembler as run
+    asyncio.run(run(settings))
     return 0
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from pipeline import jobs_cli
+
+    settings = _settings()
+    logs.configure("warning", settings.log_json)
+    if args.command == "submit":
+        return asyncio.run(jobs_cli.submit(settings, args.file, args.voice, args.format, args.job_id, not args.no_wait))
+    if args.command == "status":
+        return asyncio.run(jobs_cli.status(settings, args.job_id, args.json))
+    if args.command == "fetch":
+        return asyncio.run(jobs_cli.fetch(settings, args.job_id, args.out))
+    return asyncio.run(jobs_cli.retry(settings, args.job_id))
 
 
 def _cmd_engine(args: argparse.Namespace) -> int:
@@ -94,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("worker", help="run a worker against the configured servers")
-    p.add_argument("kind", choices=["synth"])
+    p.add_argument("kind", choices=["synth", "ingest", "assemble"])
     p.add_argument("--max-in-flight", type=int, default=0, help="override TTS_MAX_IN_FLIGHT")
     p.set_defaults(func=_cmd_worker)
 
@@ -104,6 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim.add_arguments(p)
     p.set_defaults(func=_cmd_engine)
+
+    p = sub.add_parser("submit", help="submit a book (.txt, .md, .epub) as a job and follow its progress")
+    p.add_argument("file")
+    p.add_argument("--voice", default=None, help="a preset voice for every chapter")
+    p.add_argument("--format", choices=["wav", "flac", "mp3"], default="wav")
+    p.add_argument("--job-id", default=None, help="default: the file name plus a random suffix")
+    p.add_argument("--no-wait", action="store_true", help="submit and exit without following progress")
+    p.set_defaults(func=_cmd_jobs)
+
+    p = sub.add_parser("status", help="a job's chapters and chunk counts")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_jobs)
+
+    p = sub.add_parser("fetch", help="download a finished job's chapters, subtitles and manifest")
+    p.add_argument("job_id")
+    p.add_argument("--out", default=".")
+    p.set_defaults(func=_cmd_jobs)
+
+    p = sub.add_parser("retry", help="republish a job's failed chunks")
+    p.add_argument("job_id")
+    p.set_defaults(func=_cmd_jobs)
 
     p = sub.add_parser("say", help="speak one text through the bus and save the WAV")
     p.add_argument("text", nargs="+")

@@ -151,6 +151,14 @@ class ChunkDone(_Message):
     index: int | None = None
     reply_tag: str | None = None
     repaired: list[str] = Field(default_factory=list)
+    # Integrated loudness of the stored (trimmed) speech, LUFS; None when too short to measure.
+    loudness_lufs: float | None = None
+    # Word error rate of the ASR gate's transcript (TTS_VERIFY=asr) and the takes it needed.
+    wer: float | None = None
+    takes: int | None = None
+    # What the model server said about the answer (header X-Engine-Note), e.g. a reference
+    # voice it could not clone.
+    engine_note: str | None = None
 
 
 class ChunkFailed(_Message):
@@ -203,3 +211,90 @@ class WorkerHeartbeat(_Message):
     failed: int
     retried: int
     backends: list[BackendStatus]
+
+
+# ----------------------------------------------------------------- audiobook and bulk jobs
+
+AudioFormat = Literal["wav", "flac", "mp3"]
+
+
+class ChapterSubmit(_Message):
+    """One chapter of a job, published to `tts.chapters.submit`.
+
+    Every chapter of a job names the same `total_chapters`, so the job knows when it is complete.
+    Voice, reference, scene prompt, sampling and seed should be the same for every chapter of a job
+    (voice consistency); the seed defaults to one derived from the job id.
+    """
+
+    job_id: str
+    chapter: int = Field(ge=0, le=9999)
+    total_chapters: int = Field(ge=1, le=10000)
+    title: str = Field(default="", max_length=500)
+    text: str = Field(max_length=900_000)  # NATS caps a message at 1 MiB
+    voice: str | None = Field(default=None, max_length=64)
+    reference: Reference | None = None
+    system_prompt: str | None = Field(default=None, max_length=10_000)
+    sampling: Sampling = Sampling()
+    format: AudioFormat = "wav"
+
+    @field_validator("job_id")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        return check_token(value)
+
+    @field_validator("voice")
+    @classmethod
+    def _voice_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_token(value, "voice")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ChapterSubmit":
+        if self.chapter >= self.total_chapters:
+            raise ValueError(f"chapter {self.chapter} is outside 0..{self.total_chapters - 1}")
+        if self.voice and self.reference:
+            raise ValueError("give either a preset voice or a reference, not both")
+        return self
+
+
+class ChapterDone(_Message):
+    kind: Literal["chapter.done"] = "chapter.done"
+    job_id: str
+    chapter: int
+    title: str
+    key: str
+    format: AudioFormat
+    duration_s: float
+    chunks: int
+    bytes: int
+
+
+class ChapterFailed(_Message):
+    kind: Literal["chapter.failed"] = "chapter.failed"
+    job_id: str
+    chapter: int
+    reason: str
+    error: str
+    failed_chunks: list[str] = Field(default_factory=list)
+
+
+class JobProgress(_Message):
+    kind: Literal["job.progress"] = "job.progress"
+    job_id: str
+    chapters_total: int
+    chapters_done: int
+    chapters_failed: int
+    chunks_total: int
+    chunks_done: int
+    chunks_failed: int
+    audio_s_done: float
+
+
+class JobDone(_Message):
+    kind: Literal["job.done"] = "job.done"
+    job_id: str
+    manifest_key: str
+    chapters: int
+    chapters_failed: int
+    duration_s: float

@@ -6,7 +6,7 @@ environment at import time. Tests build their own `Settings(...)`.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -66,6 +66,42 @@ class Settings(BaseSettings):
     words_per_s: float = 2.5
     min_duration_ratio: float = 0.3
     max_duration_ratio: float = 3.0
+    # Silence kept around the speech when a chunk is trimmed; more silence than
+    # max_edge_silence_s at either end of an answer is a runaway generation.
+    trim_pad_s: float = Field(default=0.1, ge=0)
+    max_edge_silence_s: float = Field(default=2.0, gt=0)
+    # ASR quality gate (`asr` needs the `verify` extra): a WER above verify_max_wer gets a new
+    # take with a new seed, up to verify_max_attempts takes, then the chunk fails.
+    verify: Literal["off", "asr"] = "off"
+    verify_model: str = ""  # a faster-whisper model dir or name; "" = the bundled tiny.en
+    verify_max_wer: float = Field(default=0.25, ge=0)
+    verify_max_attempts: int = Field(default=3, ge=1)
+    verify_threads: int = Field(default=0, ge=0)  # 0 = every core
+
+    # --- voices and the local engine ---
+    voice_presets_dir: str = "voice_presets"
+    voice_cache_s: float = Field(default=30.0, ge=0)
+    # What `up`/`demo` start when no backend URL is configured (piper needs the `local` extra).
+    local_engine: Literal["piper", "sim"] = "piper"
+    engine_threads: int = Field(default=0, ge=0)  # Piper synthesis pool; 0 = one per core
+
+    # --- jobs: chunking (pipeline/text.py); ~40 words = ~16 s of speech at 2.5 words/s ---
+    chunk_max_words: int = Field(default=50, ge=1, le=1000)
+    chunk_target_words: int = Field(default=40, ge=1, le=1000)
+    # Binds only on very long words (URLs, no-space scripts): those are cut inside the word.
+    chunk_max_chars: int = Field(default=400, ge=1, le=10000)
+
+    # --- jobs: assembly of chapters ---
+    # Silence between two chunks of a chapter; each chunk edge fades over `crossfade_s`.
+    pause_s: float = Field(default=0.35, ge=0, le=5)
+    crossfade_s: float = Field(default=0.01, ge=0, le=0.5)
+    # Every chunk's speech is brought to this integrated loudness before joining (±12 dB at most).
+    target_lufs: float = Field(default=-20.0, ge=-40, le=-5)
+    max_gain_db: float = Field(default=12.0, ge=0, le=30)
+    # Chapters assembled at once by one assembler process.
+    assemble_concurrency: int = Field(default=2, ge=1, le=64)
+    # Job progress events at most this often per job (chapter and job outcomes are never held back).
+    progress_interval_s: float = Field(default=0.5, ge=0)
 
     # --- retention ---
     events_max_age_s: float = 7 * 24 * 3600
@@ -74,6 +110,17 @@ class Settings(BaseSettings):
     # --- gateway ---
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8888
+    # Bearer token for every route but /health, /ready, /metrics and the docs; empty = no auth.
+    gateway_api_key: str = Field(default="", repr=False)
+    # How long an HTTP request waits for its outcome event before answering 504.
+    gateway_request_timeout_s: float = Field(default=120.0, gt=0)
+    # Longer texts belong to the jobs API, which splits them (SynthRequest caps text at 20,000).
+    gateway_max_text_chars: int = Field(default=5000, ge=1, le=20_000)
+    gateway_max_batch: int = Field(default=64, ge=1)
+    gateway_max_reference_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    gateway_max_reference_s: float = Field(default=60.0, gt=0)
+    # Checked before parsing; must leave room for a maximal reference as base64 (4/3 of it).
+    gateway_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
     # --- logging ---
     log_level: str = "info"

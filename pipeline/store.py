@@ -118,6 +118,20 @@ class Store:
             Metadata=metadata or {},
         )
 
+    async def upload_file(self, key: str, path: str, content_type: str) -> int:
+        """Upload a file in parts (multipart above 8 MiB): memory stays flat. Returns its size."""
+        import os
+
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024,
+                                max_concurrency=4, use_threads=True)
+        await self._run(
+            f"upload {key}", self._client.upload_file, path, self.bucket, self.full_key(key),
+            ExtraArgs={"ContentType": content_type}, Config=config,
+        )
+        return os.path.getsize(path)
+
     async def get(self, key: str) -> bytes:
         def _get() -> bytes:
             return self._client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"].read()

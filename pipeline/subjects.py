@@ -87,6 +87,27 @@ class Names:
         """Both outcomes of one job's chunks (or of every job with the default wildcard)."""
         return f"{self.root}.events.chunk.*.{job_id}"
 
+    def chapter_done(self, job_id: str) -> str:
+        return f"{self.root}.events.chapter.done.{job_id}"
+
+    def chapter_failed(self, job_id: str) -> str:
+        return f"{self.root}.events.chapter.failed.{job_id}"
+
+    def job_progress(self, job_id: str) -> str:
+        return f"{self.root}.events.job.progress.{job_id}"
+
+    def job_done(self, job_id: str) -> str:
+        return f"{self.root}.events.job.done.{job_id}"
+
+    def job_events(self, job_id: str) -> str:
+        """Every event of one job: chunk, chapter and job outcomes and progress."""
+        return f"{self.root}.events.*.*.{job_id}"
+
+    @property
+    def chunk_events_all(self) -> str:
+        """Chunk outcomes of every job (the assembler's filter)."""
+        return f"{self.root}.events.chunk.*.*"
+
     @property
     def dlq_all(self) -> str:
         return f"{self.root}.dlq.>"
@@ -97,6 +118,9 @@ class Names:
         return f"{self.root}.dlq.{tail}"
 
     # --- consumers (durable, pull) ---
+    ingest_consumer = "ingest"
+    assemble_consumer = "assemble"
+
     def synth_consumer(self, priority: str) -> str:
         self.synth(priority)
         return f"synth-{priority}"
@@ -118,6 +142,9 @@ VOICE_META_KEY = "voices/{name}.json"
 REFERENCE_KEY = "references/{digest}.wav"
 CHAPTER_KEY = "jobs/{job_id}/{index:03d}-{slug}.{fmt}"
 MANIFEST_KEY = "jobs/{job_id}/manifest.json"
+PLAN_KEY = "jobs/{job_id}/plan/{chapter:04d}.json"
+TIMING_KEY = "jobs/{job_id}/plan/{chapter:04d}.timing.json"
+SUBTITLES_KEY = "jobs/{job_id}/{index:03d}-{slug}.vtt"
 
 # --- message ids for JetStream de-duplication ---
 

@@ -88,6 +88,7 @@ class Harness:
         self.js = nc.jetstream()
         self.store = store
         self._workers: list[tuple[SynthWorker, asyncio.Task, HiggsClient, object]] = []
+        self._brokers: list = []
 
     async def start_worker(self, **overrides) -> SynthWorker:
         overrides.setdefault("worker_name", f"test-worker-{len(self._workers)}")
@@ -99,6 +100,33 @@ class Harness:
         task = asyncio.create_task(worker.run())
         self._workers.append((worker, task, client, nc))
         return worker
+
+    async def start_ingest(self):
+        from pipeline import ingest
+
+        box = [ingest.Ingestor(self.settings, self.js, self.store, self.names)]
+        broker = ingest.build_broker(self.settings, box)
+        await broker.start()
+        self._brokers.append((broker, None))
+        return broker
+
+    async def start_assembler(self, **overrides):
+        from pipeline import assembler
+
+        settings = self.settings.model_copy(update=overrides)
+        box = [assembler.Assembler(settings, self.js, self.store, self.names)]
+        broker = assembler.build_broker(settings, box)
+        await broker.start()
+        self._brokers.append((broker, box[0]))
+        return broker, box[0]
+
+    async def stop_brokers(self) -> None:
+        for broker, service in self._brokers:
+            if service is not None:
+                await service.drain(10)
+            with contextlib.suppress(Exception):
+                await broker.stop()
+        self._brokers.clear()
 
     async def stop_workers(self) -> None:
         for worker, task, client, nc in self._workers:
@@ -129,6 +157,7 @@ async def harness(make_settings) -> AsyncIterator[Callable[..., Harness]]:
 
     yield open_one
     for h in opened:
+        await h.stop_brokers()
         await h.stop_workers()
         h.store.close()
         await h.nc.close()

@@ -1,0 +1,205 @@
+"""Ingest: chapters in, chunk requests out.
+
+A faststream subscriber on `tts.chapters.>` (durable pull consumer `ingest`, manual acks — the
+default policy would terminate a message on the first error). For each `ChapterSubmit`:
+split the text, write the chapter plan to the store and the job/chapter state to KV, publish one
+`SynthRequest` per chunk with its de-duplication id, then ack. Every step is idempotent, so a
+redelivered or re-submitted chapter re-publishes nothing new: chunks whose audio exists come back
+at once as cached, and a chapter already assembled is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+
+import structlog
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from nats.js import api as js_api
+from pydantic import ValidationError
+
+from pipeline import bus, jobs
+from pipeline.client import publish_synth
+from pipeline.messages import ChapterFailed, ChapterSubmit, DeadLetter
+from pipeline.policy import backoff_s, is_last_attempt
+from pipeline.settings import Settings
+from pipeline.store import Store, audio_key
+from pipeline.subjects import INVALID_JOB, PRIORITY_BULK, TOKEN_RE, Names
+from pipeline.text import split_text
+
+log = structlog.get_logger("pipeline.ingest")
+
+PUBLISH_BATCH = 200
+
+
+class ChapterRejected(Exception):
+    """The chapter can never be ingested as sent (invalid, empty): fail it, don't retry."""
+
+    def __init__(self, job_id: str, chapter: int, reason: str, error: str):
+        super().__init__(error)
+        self.job_id, self.chapter, self.reason, self.error = job_id, chapter, reason, error
+
+
+class Ingestor:
+    def __init__(self, settings: Settings, js, store: Store, names: Names | None = None):
+        self.settings = settings
+        self.js = js
+        self.store = store
+        self.names = names or Names(settings.namespace)
+
+    def plan(self, submit: ChapterSubmit) -> jobs.ChapterPlan:
+        chunks = split_text(submit.text, max_words=self.settings.chunk_max_words,
+                            target_words=self.settings.chunk_target_words)
+        if not chunks:
+            raise ChapterRejected(submit.job_id, submit.chapter, "empty", "chapter text is empty")
+        sampling = jobs.job_sampling(submit)
+        plan = jobs.ChapterPlan(
+            job_id=submit.job_id, chapter=submit.chapter, title=submit.title, format=submit.format,
+            voice=submit.voice, reference=submit.reference, system_prompt=submit.system_prompt,
+            sampling=sampling, chunks=[],
+        )
+        planned = []
+        for chunk in chunks:
+            chunk_id = jobs.chunk_id_for(submit.chapter, chunk.index)
+            draft = jobs.PlannedChunk(index=chunk.index, chunk_id=chunk_id, start=chunk.start, end=chunk.end,
+                                      text=chunk.text, key="")
+            key = audio_key(plan.request(draft).audio_digest(self.settings.model))
+            planned.append(draft.model_copy(update={"key": key}))
+        return plan.model_copy(update={"chunks": planned})
+
+    async def ingest(self, submit: ChapterSubmit) -> int:
+        """Plan, record and publish one chapter. Returns the number of chunk requests published."""
+        plan = self.plan(submit)
+        kv = await bus.jobs_kv(self.js, self.names)
+
+        def job_change(state: jobs.JobState | None) -> jobs.JobState | None:
+            if state is None:
+                state = jobs.JobState(job_id=submit.job_id, total_chapters=submit.total_chapters, format=submit.format)
+            elif state.total_chapters != submit.total_chapters:
+                raise ChapterRejected(submit.job_id, submit.chapter, "invalid",
+                                      f"job has {state.total_chapters} chapters, this chapter says {submit.total_chapters}")
+            key = str(submit.chapter)
+            if key in state.chapters and state.titles.get(key) == submit.title:
+                return None
+            state.chapters.setdefault(key, "pending")
+            state.titles[key] = submit.title
+            return state
+
+        await jobs.mutate(kv, jobs.job_key(submit.job_id), jobs.JobState, job_change)
+        await self.store.put(jobs.plan_key(submit.job_id, submit.chapter), plan.model_dump_json().encode(),
+                             "application/json")
+
+        def chapter_change(state: jobs.ChapterState | None) -> jobs.ChapterState | None:
+            if state is not None and state.chunks_total == len(plan.chunks):
+                return None
+            # New, or re-submitted with other text: start its counts afresh.
+            return jobs.ChapterState(job_id=submit.job_id, chapter=submit.chapter, title=submit.title,
+                                     format=submit.format, chunks_total=len(plan.chunks))
+
+        state = await jobs.mutate(kv, jobs.chapter_key(submit.job_id, submit.chapter), jobs.ChapterState,
+                                  chapter_change)
+        if state is not None and state.status == "done" and state.key and await self.store.exists(state.key):
+            log.info("ingest.already_done", job=submit.job_id, chapter=submit.chapter)
+            return 0
+        requests = [plan.request(c) for c in plan.chunks]
+        for i in range(0, len(requests), PUBLISH_BATCH):
+            await asyncio.gather(*(publish_synth(self.js, self.names, r, PRIORITY_BULK)
+                                   for r in requests[i : i + PUBLISH_BATCH]))
+        log.info("ingest.chapter", job=submit.job_id, chapter=submit.chapter, chunks=len(requests),
+                 chars=len(submit.text))
+        return len(requests)
+
+    async def reject(self, msg_subject: str, data: bytes, seq: int | None, attempts: int, exc: ChapterRejected) -> None:
+        """Failed event + dead letter for a chapter that cannot be ingested."""
+        failed = ChapterFailed(job_id=exc.job_id, chapter=exc.chapter, reason=exc.reason, error=exc.error)
+        try:
+            payload, encoding = data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(data).decode(), "base64"
+        letter = DeadLetter(source_subject=msg_subject, stream_seq=seq, reason=exc.reason, error=exc.error,
+                            attempts=attempts, job_id=exc.job_id, payload=payload, payload_encoding=encoding)
+        await bus.publish_json(self.js, self.names.dlq(msg_subject), letter.to_bytes(),
+                               f"dlq:{self.names.chapters_stream}:{seq}" if seq else None)
+        await bus.publish_json(self.js, self.names.chapter_failed(exc.job_id), failed.to_bytes())
+        log.warning("ingest.rejected", job=exc.job_id, chapter=exc.chapter, reason=exc.reason, error=exc.error[:300])
+
+
+def parse_submit(data: bytes) -> ChapterSubmit:
+    try:
+        return ChapterSubmit.model_validate_json(data)
+    except ValidationError as exc:
+        job_id, chapter = INVALID_JOB, -1
+        with contextlib.suppress(ValueError, UnicodeDecodeError, AttributeError):
+            raw = json.loads(data)
+            if isinstance(raw.get("job_id"), str) and TOKEN_RE.match(raw["job_id"]):
+                job_id = raw["job_id"]
+            if isinstance(raw.get("chapter"), int):
+                chapter = raw["chapter"]
+        errors = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())) or 'message'}: {e.get('msg')}"
+                           for e in exc.errors()[:5])
+        raise ChapterRejected(job_id, chapter, "invalid", f"invalid chapter message: {errors}") from None
+
+
+def build_broker(settings: Settings, ingestor_box: list) -> NatsBroker:
+    """The faststream app: one durable pull subscriber with explicit (manual) acks."""
+    names = Names(settings.namespace)
+    broker = NatsBroker(settings.nats_url, logger=None, connect_timeout=settings.nats_connect_timeout_s,
+                        max_reconnect_attempts=-1)
+
+    @broker.subscriber(
+        names.chapters_all,
+        stream=JStream(names.chapters_stream, declare=False),
+        durable=names.ingest_consumer,
+        pull_sub=PullSub(batch_size=1, timeout=settings.poll_s * 5),
+        ack_policy=AckPolicy.MANUAL,
+        config=js_api.ConsumerConfig(ack_wait=settings.ack_wait_s, max_deliver=settings.max_deliver),
+    )
+    async def on_chapter(msg: NatsMessage) -> None:
+        ingestor: Ingestor = ingestor_box[0]
+        raw = msg.raw_message
+        attempt = bus.delivery_count(raw)
+        seq = raw.metadata.sequence.stream if raw.metadata else None
+        try:
+            await ingestor.ingest(parse_submit(msg.body))
+        except ChapterRejected as exc:
+            await ingestor.reject(raw.subject, msg.body, seq, attempt, exc)
+            await msg.reject()  # term: no redelivery
+            return
+        except Exception as exc:
+            if is_last_attempt(attempt, settings.max_deliver):
+                await ingestor.reject(raw.subject, msg.body, seq, attempt,
+                                      ChapterRejected(INVALID_JOB, -1, "max_deliver", f"{type(exc).__name__}: {exc}"))
+                await msg.reject()
+                return
+            delay_s = backoff_s(attempt, settings.retry_base_delay_s, settings.retry_max_delay_s)
+            log.warning("ingest.retry", attempt=attempt, delay_s=round(delay_s, 2), error=f"{type(exc).__name__}: {exc}"[:300])
+            await msg.nack(delay=delay_s)
+            return
+        await msg.ack()
+
+    return broker
+
+
+async def run_ingest_worker(settings: Settings) -> None:
+    from pipeline.runtime import install_stop_signals, open_store
+
+    names = Names(settings.namespace)
+    nc = await bus.connect(settings, name="tts-ingest")  # checks NATS is there; streams
+    store = await open_store(settings)
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings, names)
+        box: list = [Ingestor(settings, js, store, names)]
+        broker = build_broker(settings, box)
+        stop = asyncio.Event()
+        install_stop_signals(stop.set)
+        await broker.start()
+        log.info("ingest.started")
+        await stop.wait()
+        await broker.stop()
+    finally:
+        store.close()
+        await nc.drain()

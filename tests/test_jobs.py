@@ -1,0 +1,176 @@
+"""Audiobook jobs end to end: chapters in, ingest, synth, assembler, chapter files and manifest out."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import pytest
+import soundfile as sf
+
+from pipeline import bus, jobs
+from pipeline.messages import ChapterDone, ChapterFailed, ChapterSubmit, JobDone
+from tests.conftest import sim_stats
+
+SENTENCES = [
+    "The lighthouse keeper climbed the stairs at dusk.",
+    "Mr. Hale counted 3.5 miles of coast from the lamp room.",
+    '"Is the storm coming?" asked his daughter.',
+    "He nodded, and the two of them watched the grey water turn black.",
+    "By midnight the wind had found every crack in the old stone walls.",
+]
+
+
+def chapter_text(n: int, sentences: int = 12) -> str:
+    return " ".join(SENTENCES[(n + i) % len(SENTENCES)] for i in range(sentences))
+
+
+class JobEvents:
+    def __init__(self, h, job_id: str):
+        self.h, self.job_id = h, job_id
+        self.events: list = []
+        self.done = asyncio.Event()
+
+    async def __aenter__(self):
+        async def on_msg(msg):
+            kind = msg.subject.split(".")[-3:-1]
+            if kind == ["chapter", "done"]:
+                self.events.append(ChapterDone.from_bytes(msg.data))
+            elif kind == ["chapter", "failed"]:
+                self.events.append(ChapterFailed.from_bytes(msg.data))
+            elif kind == ["job", "done"]:
+                self.events.append(JobDone.from_bytes(msg.data))
+                self.done.set()
+
+        self.sub = await self.h.nc.subscribe(self.h.names.job_events(self.job_id), cb=on_msg)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.sub.unsubscribe()
+
+
+async def submit_chapters(h, job_id: str, texts: list[str], fmt: str = "wav") -> None:
+    for i, text in enumerate(texts):
+        submit = ChapterSubmit(job_id=job_id, chapter=i, total_chapters=len(texts), title=f"Chapter {i + 1}",
+                               text=text, format=fmt)
+        await bus.publish_json(h.js, h.names.chapters_submit, submit.to_bytes(), f"chapter:{job_id}:{i}")
+
+
+async def test_three_chapters_become_ordered_files_with_manifest_and_subtitles(sims, harness):
+    sim = sims(slots=64)
+    h = await harness(backend_urls=[sim.url], max_in_flight=16)
+    await h.start_worker()
+    await h.start_ingest()
+    await h.start_assembler()
+    texts = [chapter_text(i) for i in range(3)]
+    async with JobEvents(h, "book1") as watch:
+        await submit_chapters(h, "book1", texts)
+        await asyncio.wait_for(watch.done.wait(), 90)
+    chapters = sorted((e for e in watch.events if isinstance(e, ChapterDone)), key=lambda e: e.chapter)
+    assert [c.chapter for c in chapters] == [0, 1, 2]
+    assert [c.key.rsplit("/", 1)[-1] for c in chapters] == ["000-chapter-1.wav", "001-chapter-2.wav", "002-chapter-3.wav"]
+    manifest = json.loads(await h.store.get("jobs/book1/manifest.json"))
+    assert [c["chapter"] for c in manifest["chapters"]] == [0, 1, 2]
+    pause_s = h.settings.pause_s
+    for event, entry in zip(chapters, manifest["chapters"]):
+        data, rate = sf.read(io.BytesIO(await h.store.get(event.key)), dtype="int16")
+        duration_s = data.shape[0] / rate
+        chunk_s = []
+        for chunk in entry["chunks"]:
+            audio, chunk_rate = sf.read(io.BytesIO(await h.store.get(chunk["audio_key"])), dtype="int16")
+            chunk_s.append(audio.shape[0] / chunk_rate)
+        assert len(chunk_s) >= 2
+        assert duration_s == pytest.approx(sum(chunk_s) + pause_s * (len(chunk_s) - 1), abs=0.05)
+        assert entry["duration_s"] == pytest.approx(duration_s, abs=0.01)
+        # Text spans cover the chapter in order, and cue times increase.
+        assert " ".join(c["text"] for c in entry["chunks"]) == " ".join(texts[event.chapter].split())
+        starts = [c["start_s"] for c in entry["chunks"]]
+        assert starts == sorted(starts) and starts[0] == 0
+        vtt = (await h.store.get(entry["subtitles_key"])).decode()
+        assert vtt.startswith("WEBVTT") and vtt.count(" --> ") == len(entry["chunks"])
+    # Identical chunks (same text, same job seed) are synthesised once.
+    distinct = {c["audio_key"] for e in manifest["chapters"] for c in e["chunks"]}
+    assert sim_stats(sim)["calls"] == len(distinct)
+
+
+async def test_resubmitting_a_finished_book_synthesises_nothing(sims, harness):
+    sim = sims(slots=64)
+    h = await harness(backend_urls=[sim.url], max_in_flight=16, dedup_window_s=1)
+    await h.start_worker()
+    await h.start_ingest()
+    await h.start_assembler()
+    texts = [chapter_text(i, 6) for i in range(2)]
+    async with JobEvents(h, "again") as watch:
+        await submit_chapters(h, "again", texts)
+        await asyncio.wait_for(watch.done.wait(), 60)
+    calls = sim_stats(sim)["calls"]
+    await asyncio.sleep(1.2)  # past the duplicate window: the server accepts the same ids again
+    await submit_chapters(h, "again", texts)
+    await asyncio.sleep(2)
+    assert sim_stats(sim)["calls"] == calls
+    info = await h.js.stream_info(h.names.synth_stream)
+    assert info.state.messages == 0
+
+
+async def test_failed_chunk_fails_its_chapter_and_retry_completes_it(sims, harness):
+    from pipeline import jobs_cli
+
+    sim = sims(error_rate=1.0, error_status=400)
+    h = await harness(backend_urls=[sim.url], max_in_flight=8)
+    await h.start_worker()
+    await h.start_ingest()
+    await h.start_assembler()
+    async with JobEvents(h, "fixme") as watch:
+        await submit_chapters(h, "fixme", [chapter_text(0, 3)])
+        for _ in range(100):
+            if any(isinstance(e, ChapterFailed) for e in watch.events):
+                break
+            await asyncio.sleep(0.1)
+        failed = [e for e in watch.events if isinstance(e, ChapterFailed)]
+        assert failed and failed[0].failed_chunks and "400" in failed[0].error
+        kv = await bus.jobs_kv(h.js, h.names)
+        job = await jobs.read(kv, jobs.job_key("fixme"), jobs.JobState)
+        assert job.chapters == {"0": "failed"}
+        # The engine is fixed; retry republishes only the failed chunks.
+        import httpx
+
+        httpx.patch(f"{sim.url}/sim/config", json={"error_rate": 0.0}, timeout=5)
+        assert await jobs_cli.retry(h.settings, "fixme") == 0
+        await asyncio.wait_for(watch.done.wait(), 60)
+    job = await jobs.read(kv, jobs.job_key("fixme"), jobs.JobState)
+    assert job.chapters == {"0": "done"} and job.manifest_key
+
+
+@pytest.mark.parametrize(
+    "payload,reason",
+    [
+        (b"definitely not json", "invalid"),
+        (json.dumps({"job_id": "bad", "chapter": 0, "text": "no total"}).encode(), "invalid"),
+        (ChapterSubmit(job_id="bad", chapter=0, total_chapters=1, text="   ").to_bytes(), "empty"),
+    ],
+)
+async def test_bad_chapter_messages_fail_clearly_and_others_go_on(sims, harness, payload, reason):
+    sim = sims()
+    h = await harness(backend_urls=[sim.url])
+    await h.start_worker()
+    await h.start_ingest()
+    await h.start_assembler()
+    failed = []
+
+    async def on_failed(msg):
+        failed.append(ChapterFailed.from_bytes(msg.data))
+
+    sub = await h.nc.subscribe(f"{h.names.root}.events.chapter.failed.*", cb=on_failed)
+    async with JobEvents(h, "good") as watch:
+        await h.js.publish(h.names.chapters_submit, payload)
+        await submit_chapters(h, "good", [chapter_text(1, 3)])
+        await asyncio.wait_for(watch.done.wait(), 60)
+    for _ in range(50):
+        if failed:
+            break
+        await asyncio.sleep(0.1)
+    await sub.unsubscribe()
+    assert [f.reason for f in failed] == [reason]
+    info = await h.js.stream_info(h.names.dlq_stream)
+    assert info.state.messages == 1
