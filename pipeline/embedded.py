@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,25 +23,26 @@ import httpx
 import structlog
 
 from pipeline import bus
-from pipeline.client import EventWaiter, publish_synth
 from pipeline.devstack import DevStack, DevStackError, free_port
 from pipeline.errors import StartupError
-from pipeline.messages import ChunkDone, SynthRequest
+from pipeline.messages import ChapterDone, ChapterFailed, ChapterSubmit
 from pipeline.runtime import install_stop_signals, synth_worker
 from pipeline.settings import Settings
-from pipeline.subjects import PRIORITY_BULK, Names
+from pipeline.subjects import MANIFEST_KEY, Names
 
 log = structlog.get_logger("pipeline.embedded")
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost"}
 ENGINE_READY_TIMEOUT_S = 30.0
 
-DEMO_TEXT = (
-    "The pipeline turns a lot of text into speech. Every sentence becomes a request on the bus. "
-    "Workers pull the requests, call the model server with a bound on the calls in flight, "
-    "check the audio, and store it in the bucket. When a chunk is done, an event says where it landed. "
-    "Nothing is lost when a worker stops: the bus delivers the request again."
-)
+DEMO_BOOK = [
+    ("The Pipeline", "The pipeline turns a lot of text into speech. Every chapter is split into chunks of a few "
+     "sentences, and every chunk becomes a request on the bus. Workers pull the requests, call the model server "
+     "with a bound on the calls in flight, check the audio, and store it in the bucket."),
+    ("Nothing Lost", "When the last chunk of a chapter is done, the assembler joins the chunks in order, at one "
+     "loudness, with a short pause between them. Nothing is lost when a worker stops: the bus delivers the "
+     "request again, and audio that already exists is never made twice."),
+]
 
 
 def _loopback_port(url: str, what: str) -> int:
@@ -56,10 +56,26 @@ def _backends_configured() -> bool:
     return bool(os.environ.get("TTS_BACKEND_URLS") or os.environ.get("VLLM_URL"))
 
 
-class EngineProcess:
-    """The stand-in engine as a child process (its own session: Ctrl-C reaches only us)."""
+def local_engine_kind(settings: Settings) -> str:
+    """The engine `up`/`demo` start: Piper (real speech) unless TTS_LOCAL_ENGINE=sim or the
+    `local` extra is missing, in which case the stand-in runs and a one-line note says why."""
+    if settings.local_engine == "sim":
+        return "sim"
+    from pipeline.engines.piper import missing
 
-    def __init__(self, port: int, log_path: Path, latency_s: float, extra_args: tuple[str, ...] = ()):
+    reason = missing()
+    if reason:
+        print(f"note: using the stand-in engine (tones, not speech): {reason}")
+        return "sim"
+    return "piper"
+
+
+class EngineProcess:
+    """A local engine (`kind`: piper or sim) as a child process (its own session: Ctrl-C reaches only us)."""
+
+    def __init__(self, port: int, log_path: Path, latency_s: float, extra_args: tuple[str, ...] = (),
+                 kind: str = "sim"):
+        self.kind = kind
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
@@ -71,8 +87,9 @@ class EngineProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "engine", "--kind", "sim", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--latency-s", str(self.latency_s), *self.extra_args],
+                [sys.executable, "-m", "pipeline.cli", "engine", "--kind", self.kind, "--host", "127.0.0.1",
+                 "--port", str(self.port), *(("--latency-s", str(self.latency_s)) if self.kind == "sim" else ()),
+                 *self.extra_args],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         deadline = time.monotonic() + ENGINE_READY_TIMEOUT_S
@@ -106,6 +123,29 @@ def _start_stack(data_dir: Path, settings: Settings, nats_port: int | None, s3_p
         raise StartupError(str(exc).splitlines()[0]) from None
 
 
+@contextlib.asynccontextmanager
+async def pipeline_services(settings: Settings):
+    """A synth worker, the ingest subscriber and the assembler in this process, ready.
+
+    Yields the worker; `worker.stop()` ends the worker, and leaving the block stops the rest.
+    """
+    from pipeline import assembler, ingest
+
+    async with synth_worker(settings, name="embedded") as worker:
+        await worker.setup()
+        ingest_broker = ingest.build_broker(settings, [ingest.Ingestor(settings, worker.js, worker.store)])
+        the_assembler = assembler.Assembler(settings, worker.js, worker.store)
+        assemble_broker = assembler.build_broker(settings, [the_assembler])
+        await ingest_broker.start()
+        await assemble_broker.start()
+        try:
+            yield worker
+        finally:
+            await ingest_broker.stop()
+            await the_assembler.drain(settings.drain_timeout_s)
+            await assemble_broker.stop()
+
+
 async def run_up(settings: Settings, data_dir: str, engine_latency_s: float, engine_port: int | None = None) -> int:
     nats_port = _loopback_port(settings.nats_url, "TTS_NATS_URL")
     s3_port = _loopback_port(settings.s3_endpoint_url, "TTS_S3_ENDPOINT_URL")
@@ -115,15 +155,17 @@ async def run_up(settings: Settings, data_dir: str, engine_latency_s: float, eng
     try:
         if not _backends_configured():
             port = engine_port or _loopback_port(settings.backend_urls[0], "TTS_BACKEND_URLS")
-            engine = await asyncio.to_thread(EngineProcess(port, root / "logs" / "engine.log", engine_latency_s).start)
+            engine = await asyncio.to_thread(EngineProcess(port, root / "logs" / "engine.log", engine_latency_s,
+                                                           kind=local_engine_kind(settings)).start)
             settings = settings.model_copy(update={"backend_urls": [engine.url]})
         print("tts-pipeline up: the embedded stack is running (Ctrl-C stops everything)")
         for line in stack.describe():
             print(f"  {line}")
-        print(f"  engine  {', '.join(settings.backend_urls)}" + ("  (stand-in)" if engine else "  (configured)"))
+        print(f"  engine  {', '.join(settings.backend_urls)}" + (f"  (local: {engine.kind})" if engine else "  (configured)"))
+        print("  workers synth, ingest, assemble (this process)")
         print(f"  data    {root}")
         sys.stdout.flush()
-        async with synth_worker(settings) as worker:
+        async with pipeline_services(settings) as worker:
             install_stop_signals(worker.stop)
             await worker.run()
     finally:
@@ -133,70 +175,87 @@ async def run_up(settings: Settings, data_dir: str, engine_latency_s: float, eng
     return 0
 
 
-def split_sentences(text: str) -> list[str]:
-    """Sentences for the demo (the real splitter for long-form input is `pipeline.text`)."""
-    return [s for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if s]
-
-
 async def run_demo(settings: Settings, out_dir: str, text_file: str | None) -> int:
-    """Start a throw-away stack on free ports, speak a text, save the chunks, print where."""
-    text = Path(text_file).read_text(encoding="utf-8") if text_file else DEMO_TEXT
-    sentences = split_sentences(text)
-    if not sentences:
-        raise StartupError("the text to speak is empty")
+    """Start a throw-away stack on free ports, run a two-chapter job, save the chapters, print where."""
+    chapters = _demo_chapters(text_file)
     with tempfile.TemporaryDirectory(prefix="tts-demo-") as tmp:
         root = Path(tmp)
         stack = await asyncio.to_thread(_start_stack, root, settings, None, None)
         engine = None
         try:
             if not _backends_configured():
-                engine = await asyncio.to_thread(EngineProcess(free_port(), root / "logs" / "engine.log", 0.05).start)
+                engine = await asyncio.to_thread(EngineProcess(free_port(), root / "logs" / "engine.log", 0.05,
+                                                               kind=local_engine_kind(settings)).start)
             settings = settings.model_copy(update={
                 "nats_url": stack.nats.url, "s3_endpoint_url": stack.s3.endpoint_url,
                 "backend_urls": [engine.url] if engine else settings.backend_urls,
             })
-            return await _demo_job(settings, sentences, Path(out_dir), stack)
+            return await _demo_job(settings, chapters, Path(out_dir), stack)
         finally:
             if engine is not None:
                 engine.stop()
             await asyncio.to_thread(stack.stop)
 
 
-async def _demo_job(settings: Settings, sentences: list[str], out_dir: Path, stack: DevStack) -> int:
+def _demo_chapters(text_file: str | None) -> list[tuple[str, str]]:
+    if text_file is None:
+        return DEMO_BOOK
+    from pipeline.books import BookError, read_book
+
+    try:
+        chapters = [(c.title, c.text) for c in read_book(Path(text_file))]
+    except (BookError, OSError) as exc:
+        raise StartupError(f"cannot read {text_file}: {exc}") from None
+    if not chapters:
+        raise StartupError(f"{text_file} has no text to speak")
+    return chapters
+
+
+async def _demo_job(settings: Settings, chapters: list[tuple[str, str]], out_dir: Path, stack: DevStack) -> int:
     names = Names(settings.namespace)
     job_id = f"demo-{uuid.uuid4().hex[:8]}"
-    print(f"demo: {len(sentences)} chunks as job {job_id}")
+    print(f"demo: job {job_id}, {len(chapters)} chapters, on the embedded stack:")
     for line in stack.describe():
         print(f"  {line}")
-    async with synth_worker(settings, name="demo") as worker:
-        await worker.setup()
+    print(f"  engine  {settings.backend_urls[0]}")
+    async with pipeline_services(settings) as worker:
         runner = asyncio.create_task(worker.run())
         try:
-            nc = worker.nc
-            async with EventWaiter(nc, names, job_id) as waiter:
-                started = time.perf_counter()
-                for i, sentence in enumerate(sentences):
-                    request = SynthRequest(job_id=job_id, chunk_id=f"{i:03d}", index=i, text=sentence)
-                    await publish_synth(worker.js, names, request, PRIORITY_BULK)
-                chunk_ids = [f"{i:03d}" for i in range(len(sentences))]
-                outcomes = await waiter.wait_for(job_id, chunk_ids, timeout_s=300)
-                elapsed_s = time.perf_counter() - started
+            finished = asyncio.get_running_loop().create_future()
+            chapter_events: list[ChapterDone | ChapterFailed] = []
+
+            async def on_event(msg) -> None:
+                if ".chapter.done." in msg.subject:
+                    chapter_events.append(ChapterDone.from_bytes(msg.data))
+                elif ".chapter.failed." in msg.subject:
+                    chapter_events.append(ChapterFailed.from_bytes(msg.data))
+                    if not finished.done():
+                        finished.set_result(None)
+                elif ".job.done." in msg.subject and not finished.done():
+                    finished.set_result(None)
+
+            sub = await worker.nc.subscribe(names.job_events(job_id), cb=on_event)
+            started = time.perf_counter()
+            for i, (title, text) in enumerate(chapters):
+                submit = ChapterSubmit(job_id=job_id, chapter=i, total_chapters=len(chapters), title=title, text=text)
+                await bus.publish_json(worker.js, names.chapters_submit, submit.to_bytes(), f"chapter:{job_id}:{i}")
+            await asyncio.wait_for(finished, 600)
+            elapsed_s = time.perf_counter() - started
+            await sub.unsubscribe()
             job_dir = out_dir / job_id
             job_dir.mkdir(parents=True, exist_ok=True)
-            failures = 0
-            total_s = 0.0
-            for chunk_id in chunk_ids:
-                outcome = outcomes[chunk_id]
-                if not isinstance(outcome, ChunkDone):
-                    failures += 1
-                    print(f"  {chunk_id}  FAILED ({outcome.reason}): {outcome.error}")
-                    continue
-                path = job_dir / f"{chunk_id}.wav"
-                path.write_bytes(await worker.store.get(outcome.key))
-                total_s += outcome.duration_s
-                print(f"  {chunk_id}  {outcome.duration_s:5.2f} s  s3://{settings.s3_bucket}/{outcome.key}  -> {path}")
-            print(f"demo: {len(sentences) - failures}/{len(sentences)} chunks, {total_s:.1f} s of audio "
-                  f"in {elapsed_s:.2f} s; files in {job_dir.absolute()}")
+            failures = [e for e in chapter_events if isinstance(e, ChapterFailed)]
+            for event in sorted((e for e in chapter_events if isinstance(e, ChapterDone)), key=lambda e: e.chapter):
+                path = job_dir / event.key.rsplit("/", 1)[-1]
+                path.write_bytes(await worker.store.get(event.key))
+                print(f"  chapter {event.chapter}: {event.duration_s:6.2f} s  {event.chunks} chunks  "
+                      f"s3://{settings.s3_bucket}/{event.key}  -> {path}")
+            for event in failures:
+                print(f"  chapter {event.chapter} FAILED ({event.reason}): {event.error[:200]}")
+            if not failures:
+                manifest_key = MANIFEST_KEY.format(job_id=job_id)
+                (job_dir / "manifest.json").write_bytes(await worker.store.get(manifest_key))
+            print(f"demo: {'FAILED' if failures else 'done'} in {elapsed_s:.1f} s; files in {job_dir.absolute()}")
             return 1 if failures else 0
         finally:
             worker.stop()

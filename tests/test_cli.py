@@ -140,3 +140,12 @@ def test_up_serves_say_and_stops_cleanly_on_ctrl_c(tmp_path: Path):
     assert leftovers == "", f"processes left behind: {leftovers}"
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{engine_port}/health", timeout=2)
+
+
+def test_demo_runs_the_main_job_and_prints_where_the_audio_landed(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TTS_") and k != "VLLM_URL"}
+    result = run_cli(["demo", "--out", str(tmp_path)], env, timeout_s=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["000-the-pipeline.wav", "001-nothing-lost.wav", "manifest.json"], files
+    assert "s3://" in result.stdout and str(tmp_path) in result.stdout
