@@ -10,6 +10,7 @@ import structlog
 
 from pipeline import bus
 from pipeline.backend import HiggsClient
+from pipeline.deadletter import DeadLetterWatcher
 from pipeline.settings import Settings
 from pipeline.store import Store
 from pipeline.synth import SynthWorker
@@ -36,7 +37,12 @@ async def synth_worker(settings: Settings, name: str = "synth"):
     try:
         store = await open_store(settings)
         async with HiggsClient(settings, reference_loader=store.get) as client:
-            yield SynthWorker(settings, nc, store, client)
+            worker = SynthWorker(settings, nc, store, client)
+            watcher = await DeadLetterWatcher(nc, worker.names, worker.name).start()
+            try:
+                yield worker
+            finally:
+                await watcher.stop()
     finally:
         if store is not None:
             store.close()
