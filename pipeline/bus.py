@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 
 import nats
@@ -30,29 +31,50 @@ from pipeline.subjects import PRIORITIES, Names
 log = structlog.get_logger("pipeline.bus")
 
 
+def auth_options(settings: Settings) -> dict:
+    """Credentials for nats-py (and faststream's broker, which passes them through)."""
+    options: dict = {}
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password
+    if settings.nats_creds_file:
+        options["user_credentials"] = settings.nats_creds_file
+    if settings.nats_nkey_seed_file:
+        options["nkeys_seed"] = settings.nats_nkey_seed_file
+    return options
+
+
 async def connect(settings: Settings, name: str) -> NATS:
-    """Connect with unlimited reconnects; connection state changes are logged, not tracebacks.
+    """Connect; once connected, reconnect forever. State changes are logged, not tracebacks.
 
-    An unreachable server at start-up raises `StartupError` with a one-line message.
+    A server that is not there, or refuses our credentials, at start-up raises `StartupError`
+    with a one-line message within `2 * nats_connect_timeout_s + 1` seconds.
     """
-    async def on_error(exc: Exception) -> None:
-        # Reconnect attempts fail here repeatedly while the server is away: one line each.
-        log.warning("nats.error", error=f"{type(exc).__name__}: {exc}".strip())
-
-    await _probe(settings)
     holder: list[NATS] = []
+    first_errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}".strip()
+        if not holder:
+            first_errors.append(text)  # reported once, in the StartupError
+            return
+        # Reconnect attempts fail here repeatedly while the server is away: one line each.
+        log.warning("nats.error", error=text)
 
     async def on_disconnect() -> None:
         # Also called on our own close/drain, which is not worth a warning.
         if holder and (holder[0].is_closed or holder[0].is_draining):
             return
-        log.warning("nats.disconnected", url=settings.nats_url)
+        log.warning("nats.disconnected", url=_redact(settings.nats_url))
 
     async def on_reconnect() -> None:
         log.info("nats.reconnected")
 
+    # nats-py retries a first connect forever (whatever its reconnect options say), so the
+    # first connect gets a deadline of its own.
+    deadline_s = 2 * settings.nats_connect_timeout_s + 1.0
     try:
-        nc = await nats.connect(
+        nc = await asyncio.wait_for(nats.connect(
             settings.nats_url,
             name=name,
             connect_timeout=settings.nats_connect_timeout_s,
@@ -62,29 +84,18 @@ async def connect(settings: Settings, name: str) -> NATS:
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
-        )
+            **auth_options(settings),
+        ), deadline_s)
     except Exception as exc:  # nats raises several unrelated types for "not there"
-        raise StartupError(f"cannot reach NATS at {settings.nats_url}: {type(exc).__name__}: {exc}") from None
+        cause = first_errors[-1] if first_errors else f"{type(exc).__name__}: {exc}".strip(": ")
+        raise StartupError(f"cannot connect to NATS at {_redact(settings.nats_url)}: {cause}") from None
     holder.append(nc)
     return nc
 
 
-async def _probe(settings: Settings) -> None:
-    """nats-py retries the first connect forever when reconnects are unlimited; a plain TCP
-    probe first turns "nothing there" into one clear error."""
-    from urllib.parse import urlparse
-
-    for url in settings.nats_url.split(","):
-        parsed = urlparse(url.strip() if "://" in url else f"nats://{url.strip()}")
-        host, port = parsed.hostname or "127.0.0.1", parsed.port or 4222
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), settings.nats_connect_timeout_s)
-        except (OSError, asyncio.TimeoutError) as exc:
-            last = f"{type(exc).__name__}: {exc}".strip()
-            continue
-        writer.close()
-        return
-    raise StartupError(f"cannot reach NATS at {settings.nats_url}: {last}")
+def _redact(url: str) -> str:
+    """The URL without a password, for messages and logs."""
+    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 async def ensure_streams(js: JetStreamContext, settings: Settings, names: Names) -> None:

@@ -147,7 +147,7 @@ def build_broker(settings: Settings, ingestor_box: list) -> NatsBroker:
     """The faststream app: one durable pull subscriber with explicit (manual) acks."""
     names = Names(settings.namespace)
     broker = NatsBroker(settings.nats_url, logger=None, connect_timeout=settings.nats_connect_timeout_s,
-                        max_reconnect_attempts=-1)
+                        max_reconnect_attempts=-1, **bus.auth_options(settings))
 
     @broker.subscriber(
         names.chapters_all,

@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     # --- bus ---
     nats_url: str = DEFAULT_NATS_URL
     nats_connect_timeout_s: float = 2.0
+    # Credentials: user/password, a `.creds` file (JWT + nkey) or an nkey seed file. Never logged.
+    nats_user: str = ""
+    nats_password: str = Field(default="", repr=False)
+    nats_creds_file: str = ""
+    nats_nkey_seed_file: str = ""
     # A suffix on every stream, consumer and KV name so that several pipelines (or tests) share
     # one server without seeing each other's work. Empty in production.
     namespace: str = ""

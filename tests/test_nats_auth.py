@@ -1,0 +1,48 @@
+"""NATS credentials from settings: the workers' connections authenticate; wrong ones fail clearly."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import pytest
+
+from pipeline import bus
+from pipeline.devstack import find_binary, free_port
+from pipeline.errors import StartupError
+from pipeline.settings import Settings
+
+
+@pytest.fixture
+def nats_with_password(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
+                             str(tmp_path), "--user", "pipeline", "--pass", "s3cret"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.02)
+    yield f"nats://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+async def test_user_and_password_from_settings(nats_with_password):
+    nc = await bus.connect(Settings(nats_url=nats_with_password, nats_user="pipeline", nats_password="s3cret"), "t")
+    try:
+        await bus.ensure_streams(nc.jetstream(), Settings(), bus.Names("auth"))
+        assert nc.is_connected
+    finally:
+        await nc.close()
+
+
+async def test_wrong_password_is_a_startup_error_without_the_secret(nats_with_password):
+    with pytest.raises(StartupError) as info:
+        await bus.connect(Settings(nats_url=nats_with_password, nats_user="pipeline", nats_password="wrong-one"), "t")
+    assert "wrong-one" not in str(info.value)
+    assert "repr" not in str(info.value)
+    assert "wrong-one" not in repr(Settings(nats_password="wrong-one"))
