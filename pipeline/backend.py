@@ -160,14 +160,38 @@ class HiggsClient:
         candidates = [s for s in healthy if s.in_flight == low]
         return candidates[next(self._tie) % len(candidates)]
 
+    def all_down(self) -> bool:
+        """True while every server is ejected: pulling work now would only burn attempts."""
+        now = time.monotonic()
+        return all(s.ejected_until > now for s in self._servers)
+
+    def _eject(self, server: _Server, why: str) -> None:
+        if server.ejected_until <= time.monotonic():
+            log.warning("backend.ejected", url=server.url, why=why, for_s=self.settings.backend_eject_s)
+        server.ejected_until = time.monotonic() + self.settings.backend_eject_s
+
+    def _failed(self, server: _Server, why: str, unreachable: bool) -> None:
+        server.consecutive_failures += 1
+        if unreachable or server.consecutive_failures >= self.settings.backend_eject_after:
+            self._eject(server, why)
+
     async def health(self) -> dict[str, bool]:
+        """Probe `/health` of every server. A failed probe ejects the server; a passing probe
+        brings an ejected one back at once (its failure count starts afresh)."""
         result = {}
         for server in self._servers:
             try:
                 response = await server.client.get("/health", timeout=self.settings.backend_connect_timeout_s)
-                result[server.url] = response.status_code == 200
+                ok = response.status_code == 200
             except httpx.HTTPError:
-                result[server.url] = False
+                ok = False
+            result[server.url] = ok
+            if ok and server.ejected_until > time.monotonic():
+                log.info("backend.restored", url=server.url)
+                server.ejected_until = 0.0
+                server.consecutive_failures = 0
+            elif not ok:
+                self._eject(server, "health probe failed")
         return result
 
     async def voices(self) -> dict[str, list[str]]:
@@ -200,13 +224,17 @@ class HiggsClient:
             else:
                 answer = await self._chat(server, request)
         except httpx.TimeoutException as exc:
+            self._failed(server, "timeout", unreachable=isinstance(exc, httpx.ConnectTimeout))
             raise BackendRetryable(f"model server {server.url} timed out: {type(exc).__name__}") from exc
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            server.consecutive_failures += 1
-            server.ejected_until = time.monotonic() + self.settings.backend_eject_s
+            self._failed(server, type(exc).__name__, unreachable=isinstance(exc, httpx.ConnectError))
             raise BackendRetryable(f"model server {server.url} unreachable: {type(exc).__name__}: {exc}") from exc
         except httpx.HTTPError as exc:
+            self._failed(server, type(exc).__name__, unreachable=False)
             raise BackendRetryable(f"model server {server.url}: {type(exc).__name__}: {exc}") from exc
+        except BackendRetryable as exc:  # 429 / 5xx
+            self._failed(server, str(exc)[:80], unreachable=False)
+            raise
         finally:
             server.in_flight -= 1
         server.consecutive_failures = 0

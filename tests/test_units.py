@@ -110,3 +110,26 @@ def test_chat_payload_sends_top_k_top_level_and_stops():
     assert payload["messages"][0]["content"] == DEFAULT_SCENE_PROMPT
     assert payload["messages"][1]["content"] == "Please speak naturally."
     assert payload["messages"][2]["content"][0]["input_audio"]["data"] == "UklGRg=="
+
+
+async def test_backend_ejection_and_restore(sims):
+    """Real HTTP to a stand-in: failures eject a server, a passing probe restores it."""
+    from pipeline.errors import BackendRetryable
+
+    sim = sims(error_rate=1.0, error_status=503)
+    settings = Settings(backend_urls=[sim.url], backend_eject_after=2, backend_eject_s=60)
+    async with HiggsClient(settings) as client:
+        request = SynthRequest(job_id="j", chunk_id="1", text="Hello there.")
+        for _ in range(2):
+            assert not client.all_down()
+            with pytest.raises(BackendRetryable):
+                await client.synthesize(request)
+        assert client.all_down()
+        assert (await client.health()) == {sim.url: True}  # /health answers: back in service
+        assert not client.all_down()
+
+    refused = Settings(backend_urls=["http://127.0.0.1:9"], backend_eject_s=60)
+    async with HiggsClient(refused) as client:
+        with pytest.raises(BackendRetryable):
+            await client.synthesize(SynthRequest(job_id="j", chunk_id="1", text="Hello there."))
+        assert client.all_down()  # a refused connection ejects at once
