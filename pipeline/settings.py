@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     backend_connect_timeout_s: float = 5.0
     # A model server that refused connections is skipped for this long before being tried again.
     backend_eject_s: float = 5.0
+    # Consecutive failed calls (timeouts, 5xx) that eject a server; a refused connection ejects at once.
+    backend_eject_after: int = Field(default=3, ge=1)
 
     # --- synth worker ---
     max_in_flight: int = Field(default=32, ge=1, le=4096)
