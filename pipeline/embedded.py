@@ -205,7 +205,7 @@ def _demo_chapters(text_file: str | None) -> list[tuple[str, str]]:
     try:
         chapters = [(c.title, c.text) for c in read_book(Path(text_file))]
     except (BookError, OSError) as exc:
-        raise StartupError(f"cannot read {text_file}: {exc}") from None
+        raise StartupError(str(exc)) from None
     if not chapters:
         raise StartupError(f"{text_file} has no text to speak")
     return chapters

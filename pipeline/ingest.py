@@ -52,7 +52,7 @@ class Ingestor:
 
     def plan(self, submit: ChapterSubmit) -> jobs.ChapterPlan:
         chunks = split_text(submit.text, max_words=self.settings.chunk_max_words,
-                            target_words=self.settings.chunk_target_words)
+                            target_words=self.settings.chunk_target_words, max_chars=self.settings.chunk_max_chars)
         if not chunks:
             raise ChapterRejected(submit.job_id, submit.chapter, "empty", "chapter text is empty")
         sampling = jobs.job_sampling(submit)

@@ -66,7 +66,7 @@ async def submit(settings: Settings, file: str, voice: str | None, fmt: str, job
     try:
         chapters = read_book(path)
     except (BookError, OSError) as exc:
-        raise StartupError(f"cannot read {file}: {exc}") from None
+        raise StartupError(str(exc)) from None
     if not chapters:
         raise StartupError(f"{file} has no text to speak")
     job_id = job_id or default_job_id(path)
