@@ -101,18 +101,21 @@ def _redact(url: str) -> str:
 async def ensure_streams(js: JetStreamContext, settings: Settings, names: Names) -> None:
     """Create or update the pipeline's streams. Safe to run from every process at start-up."""
     dup_s = settings.dedup_window_s
+    replicas = settings.stream_replicas
     configs = [
         js_api.StreamConfig(
             name=names.chapters_stream,
             subjects=[names.chapters_all],
             retention=js_api.RetentionPolicy.WORK_QUEUE,
             duplicate_window=dup_s,
+            num_replicas=replicas,
         ),
         js_api.StreamConfig(
             name=names.synth_stream,
             subjects=[names.synth_all],
             retention=js_api.RetentionPolicy.WORK_QUEUE,
             duplicate_window=dup_s,
+            num_replicas=replicas,
         ),
         js_api.StreamConfig(
             name=names.events_stream,
@@ -120,12 +123,14 @@ async def ensure_streams(js: JetStreamContext, settings: Settings, names: Names)
             retention=js_api.RetentionPolicy.LIMITS,
             max_age=settings.events_max_age_s,
             duplicate_window=dup_s,
+            num_replicas=replicas,
         ),
         js_api.StreamConfig(
             name=names.dlq_stream,
             subjects=[names.dlq_all],
             retention=js_api.RetentionPolicy.LIMITS,
             duplicate_window=dup_s,
+            num_replicas=replicas,
         ),
     ]
     for config in configs:
@@ -135,6 +140,8 @@ async def ensure_streams(js: JetStreamContext, settings: Settings, names: Names)
             await js.add_stream(config)
         else:
             await js.update_stream(config)
+    await workers_kv(js, names, replicas)
+    await jobs_kv(js, names, replicas)
 
 
 async def ensure_synth_consumers(js: JetStreamContext, settings: Settings, names: Names) -> None:
@@ -156,20 +163,21 @@ async def ensure_synth_consumers(js: JetStreamContext, settings: Settings, names
 WORKER_TTL_S = 15.0
 
 
-async def workers_kv(js: JetStreamContext, names: Names):
+async def workers_kv(js: JetStreamContext, names: Names, replicas: int = 1):
     """The `tts_workers` bucket: one key per live worker, gone `WORKER_TTL_S` after its last beat."""
     try:
         return await js.key_value(names.workers_kv)
     except Exception:
-        return await js.create_key_value(js_api.KeyValueConfig(bucket=names.workers_kv, ttl=WORKER_TTL_S, history=1))
+        return await js.create_key_value(js_api.KeyValueConfig(bucket=names.workers_kv, ttl=WORKER_TTL_S, history=1,
+                                                               replicas=replicas))
 
 
-async def jobs_kv(js: JetStreamContext, names: Names):
+async def jobs_kv(js: JetStreamContext, names: Names, replicas: int = 1):
     """The `tts_jobs` bucket: job and chapter state (no TTL)."""
     try:
         return await js.key_value(names.jobs_kv)
     except Exception:
-        return await js.create_key_value(js_api.KeyValueConfig(bucket=names.jobs_kv, history=1))
+        return await js.create_key_value(js_api.KeyValueConfig(bucket=names.jobs_kv, history=1, replicas=replicas))
 
 
 @dataclass

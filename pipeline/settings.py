@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     nats_password: str = Field(default="", repr=False)
     nats_creds_file: str = ""
     nats_nkey_seed_file: str = ""
+    # Replicas of every stream and KV bucket: 1 on one server, 3 on a 3-node cluster (R3).
+    stream_replicas: int = Field(default=1, ge=1, le=5)
     # A suffix on every stream, consumer and KV name so that several pipelines (or tests) share
     # one server without seeing each other's work. Empty in production.
     namespace: str = ""
