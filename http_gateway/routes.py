@@ -1,0 +1,93 @@
+"""Speech routes: the original `/generate` contract and the OpenAI-compatible speech route."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from http_gateway.errors import BadInput, GatewayError, TooLarge
+from http_gateway.formats import MEDIA_TYPES, check_format, transcode
+from http_gateway.middleware import request_id_of
+from http_gateway.schemas import GenerateRequest, SpeechRequest
+from http_gateway.service import Ask, Gateway, Spoken
+
+log = structlog.get_logger("http_gateway.routes")
+
+router = APIRouter()
+
+_WAV_RESPONSE = {200: {"content": {"audio/wav": {}}, "description": "WAV audio, 24 kHz mono 16-bit"}}
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def _ask(body: GenerateRequest) -> Ask:
+    return Ask(text=body.text, sampling=body.sampling(), system_prompt=body.system_prompt, voice=body.voice,
+               reference_b64=body.reference_audio_base64, reference_text=body.reference_text)
+
+
+def _headers(spoken: Spoken) -> dict[str, str]:
+    return {
+        "X-Generation-Time": f"{spoken.generation_s:.2f}",
+        "X-Concurrent-Requests": str(spoken.concurrent),
+        "X-Cache": "hit" if spoken.done.cached else "miss",
+    }
+
+
+@router.post("/generate", response_class=Response, responses=_WAV_RESPONSE)
+async def generate(body: GenerateRequest, request: Request) -> Response:
+    """Speak `text`; answers the WAV with `X-Generation-Time`, `X-Concurrent-Requests`, `X-Cache`."""
+    spoken = await _gateway(request).generate(_ask(body), request_id_of(request.scope))
+    return Response(spoken.wav, media_type="audio/wav", headers=_headers(spoken))
+
+
+@router.post("/generate/batch")
+async def generate_batch(items: list[GenerateRequest], request: Request) -> dict:
+    """Speak every item at once; results in request order, one failure never sinks the others."""
+    gateway = _gateway(request)
+    limit = gateway.settings.gateway_max_batch
+    if len(items) > limit:
+        raise TooLarge(f"Batch has {len(items)} items; the limit is {limit}. "
+                       "Send larger sets to the jobs API (POST /jobs).")
+    request_id = request_id_of(request.scope)
+
+    async def one(index: int, item: GenerateRequest) -> dict:
+        try:
+            spoken = await gateway.generate(_ask(item), f"{request_id}.{index}")
+        except GatewayError as exc:
+            return {"index": index, "success": False, "error": exc.detail}
+        except Exception as exc:  # a bug must not sink the other items either
+            log.exception("gateway.batch_item_error", request_id=request_id, index=index)
+            return {"index": index, "success": False, "error": f"internal error ({type(exc).__name__})"}
+        return {"index": index, "success": True, "audio_base64": base64.b64encode(spoken.wav).decode(),
+                "generation_time": round(spoken.generation_s, 2)}
+
+    results = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+    successful = sum(r["success"] for r in results)
+    return {"results": results, "total": len(results), "successful": successful, "failed": len(results) - successful}
+
+
+@router.post("/v1/audio/speech", response_class=Response,
+             responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}})
+async def speech(body: SpeechRequest, request: Request) -> Response:
+    """OpenAI-compatible speech. OpenAI voice names (alloy, echo, ...) mean the default voice;
+    `model`, `speed` and `instructions` are accepted and not used."""
+    fmt = body.response_format.lower()
+    check_format(fmt)  # before any synthesis
+    if body.stream_format != "audio":
+        raise BadInput(f"stream_format '{body.stream_format}' is not supported; use 'audio'")
+    ask = Ask(text=body.input, sampling=body.sampling(), voice=body.voice, openai_voices=True)
+    spoken = await _gateway(request).generate(ask, request_id_of(request.scope))
+    audio = spoken.wav if fmt == "wav" else await asyncio.to_thread(transcode, spoken.wav, fmt)
+    return Response(audio, media_type=MEDIA_TYPES[fmt], headers=_headers(spoken))
+
+
+@router.get("/v1/audio/voices")
+async def voices(request: Request) -> dict:
+    """Preset voice names usable as `voice` (the workers' model servers' presets and the store's)."""
+    return {"voices": sorted(await _gateway(request).observer.voices(refresh=True))}

@@ -1,0 +1,53 @@
+"""Request bodies of the gateway's routes.
+
+`GenerateRequest` is the original proxy's contract field for field (names, defaults, ranges: an
+out-of-range value is a 422), plus `voice`. The ranges are the original's, narrower than the bus's
+`Sampling` model, so they are checked here. Unknown fields are ignored, as the original did.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from pipeline.messages import Sampling
+
+# The OpenAI speech voices. They are not presets of ours: the speech route maps them to the
+# default voice so that `openai` SDK code written for OpenAI works unchanged.
+OPENAI_VOICES = frozenset({
+    "alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage",
+    "shimmer", "verse",
+})
+# Boson's own benchmark asks for voice "default"; it means the same here.
+DEFAULT_VOICE_ALIASES = OPENAI_VOICES | {"default"}
+
+
+class SamplingFields(BaseModel):
+    temperature: float = Field(default=1.0, ge=0.1, le=1.5)
+    top_p: float = Field(default=0.95, ge=0.0, le=1.0)
+    top_k: int = Field(default=50, ge=1, le=100)
+    max_tokens: int = Field(default=2048, ge=256, le=8192)
+
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, max_tokens=self.max_tokens)
+
+
+class GenerateRequest(SamplingFields):
+    text: str
+    system_prompt: str | None = None
+    reference_audio_base64: str | None = None
+    reference_text: str | None = None
+    voice: str | None = Field(default=None, description="a preset voice name (GET /v1/audio/voices)")
+
+
+class SpeechRequest(SamplingFields):
+    """OpenAI's `POST /v1/audio/speech` body. `model`, `speed` and `instructions` are accepted
+    and not used: the gateway serves its configured model at normal speed."""
+
+    model: str = "higgs-audio-v2"
+    input: str
+    voice: str = "alloy"
+    # OpenAI's default; wav, flac, mp3 or pcm, checked by the route (opus/aac: 400, not 422).
+    response_format: str = "mp3"
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    instructions: str | None = None
+    stream_format: str = "audio"

@@ -1,0 +1,180 @@
+"""The gateway's one job: turn an HTTP request into a `SynthRequest` on the bus, wait for its
+outcome event, and read the audio from the store. It never calls a model server.
+
+Every request is published with interactive priority under this process's job id
+(`gw-<instance>`) and a fresh chunk id; `OutcomeRouter` resolves it from one subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+import structlog
+from pydantic import ValidationError
+
+from pipeline.client import publish_synth
+from pipeline.errors import StorePermanent, StoreRetryable
+from pipeline.messages import ChunkDone, ChunkFailed, Sampling, SynthRequest
+from pipeline.settings import Settings
+from pipeline.subjects import PRIORITY_INTERACTIVE, Names
+
+from http_gateway.errors import BadInput, GenerationFailed, NoAnswer, NotFound, TooLarge, Unavailable
+from http_gateway.link import Link
+from http_gateway.metrics import GatewayMetrics
+from http_gateway.observe import Observer
+from http_gateway.outcomes import OutcomeRouter
+from http_gateway.references import decode_reference, store_reference
+from http_gateway.schemas import DEFAULT_VOICE_ALIASES
+from http_gateway.stats import RequestStats
+
+log = structlog.get_logger("http_gateway")
+
+# Decoding and checking a reference of this size or more runs off the event loop.
+OFFLOAD_REFERENCE_CHARS = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Spoken:
+    wav: bytes
+    done: ChunkDone
+    generation_s: float
+    concurrent: int
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a route wants spoken, before checks."""
+
+    text: str
+    sampling: Sampling
+    system_prompt: str | None = None
+    voice: str | None = None
+    reference_b64: str | None = None
+    reference_text: str | None = None
+    # The speech route maps OpenAI voice names to the default voice instead of a 404.
+    openai_voices: bool = False
+
+
+class Gateway:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.job_id = f"gw-{self.instance_id}"
+        self.router = OutcomeRouter(self.names, self.job_id)
+        self.link = Link(settings, self.names, self.router, client_name=f"tts-gateway-{self.instance_id}")
+        self.observer = Observer(settings, self.names, self.link)
+        self.stats = RequestStats()
+        self.metrics = GatewayMetrics()
+
+    async def start(self) -> None:
+        await self.link.start()
+        log.info("gateway.started", instance=self.instance_id, bus=self.link.bus_up)
+
+    async def close(self) -> None:
+        await self.link.close()
+
+    # ------------------------------------------------------------------ checks
+
+    async def prepare(self, ask: Ask, request_id: str) -> SynthRequest:
+        """A valid request for the bus, or a `GatewayError` saying what is wrong (400/404/413)."""
+        if not ask.text.strip():
+            raise BadInput("Text cannot be empty")
+        limit = self.settings.gateway_max_text_chars
+        if len(ask.text) > limit:
+            raise TooLarge(f"Text is {len(ask.text)} characters; the limit per request is {limit}. "
+                           "Send longer texts to the jobs API (POST /jobs), which splits them into chunks.")
+        voice = await self._resolve_voice(ask.voice, ask.openai_voices)
+        reference = None
+        if ask.reference_b64:
+            if voice:
+                raise BadInput("Give either a voice or reference_audio_base64, not both")
+            reference = await self._reference(ask.reference_b64, ask.reference_text)
+        try:
+            return SynthRequest(
+                job_id=self.job_id, chunk_id=uuid.uuid4().hex, text=ask.text, voice=voice, reference=reference,
+                system_prompt=ask.system_prompt, sampling=ask.sampling, reply_tag=request_id[:128],
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+            raise BadInput(f"{where}: {first.get('msg')}") from None
+
+    async def _resolve_voice(self, voice: str | None, openai_voices: bool) -> str | None:
+        if not voice:
+            return None
+        known = await self.observer.voices()
+        if voice in known:
+            return voice
+        if openai_voices and voice in DEFAULT_VOICE_ALIASES:
+            return None
+        known = await self.observer.voices(refresh=True)  # a preset added a moment ago
+        if voice in known:
+            return voice
+        raise NotFound(f"Unknown voice '{voice}'. Known voices: {', '.join(sorted(known)) or 'none'}",
+                       voices=sorted(known))
+
+    async def _reference(self, data_b64: str, transcript: str | None):
+        max_bytes, max_s = self.settings.gateway_max_reference_bytes, self.settings.gateway_max_reference_s
+        if len(data_b64) >= OFFLOAD_REFERENCE_CHARS:
+            wav = await asyncio.to_thread(decode_reference, data_b64, max_bytes, max_s)
+        else:
+            wav = decode_reference(data_b64, max_bytes, max_s)
+        store = self.link.require_store()
+        try:
+            return await store_reference(store, wav, transcript)
+        except (StoreRetryable, StorePermanent) as exc:
+            raise Unavailable(f"object store unavailable: {exc}") from None
+
+    # ------------------------------------------------------------------ the round trip
+
+    async def speak(self, request: SynthRequest, request_id: str) -> Spoken:
+        """Publish, wait for the outcome, read the WAV. Raises 502/503/504 `GatewayError`s."""
+        js = self.link.require_bus()
+        self.link.require_store()  # the audio lands there: no point synthesising without it
+        timeout_s = self.settings.gateway_request_timeout_s
+        started = time.perf_counter()
+        self.stats.begin()
+        self.metrics.in_flight.inc()
+        outcome_label, ok, cached = "unavailable", False, False
+        try:
+            future = self.router.expect(request.chunk_id)
+            try:
+                try:
+                    await asyncio.wait_for(publish_synth(js, self.names, request, PRIORITY_INTERACTIVE), timeout_s)
+                except Exception as exc:  # nats timeouts, no responders, closed connection
+                    raise Unavailable(f"message bus unavailable: {type(exc).__name__}") from None
+                remaining_s = max(0.0, timeout_s - (time.perf_counter() - started))
+                try:
+                    outcome = await asyncio.wait_for(future, remaining_s)
+                except asyncio.TimeoutError:
+                    outcome_label = "timeout"
+                    raise NoAnswer(f"No answer from the bus within {timeout_s:g} s (request id {request_id})",
+                                   request_id=request_id) from None
+            finally:
+                self.router.forget(request.chunk_id)
+            if isinstance(outcome, ChunkFailed):
+                outcome_label = "failed"
+                raise GenerationFailed(f"Generation failed ({outcome.reason}): {outcome.error}")
+            try:
+                wav = await self.link.require_store().get(outcome.key)
+            except (StoreRetryable, StorePermanent) as exc:
+                raise Unavailable(f"object store unavailable: {exc}") from None
+            ok, cached, outcome_label = True, outcome.cached, "done"
+            generation_s = time.perf_counter() - started
+            return Spoken(wav=wav, done=outcome, generation_s=generation_s, concurrent=self.stats.concurrent_requests)
+        finally:
+            elapsed_s = time.perf_counter() - started
+            self.stats.end(ok, elapsed_s, cached)
+            self.metrics.in_flight.dec()
+            self.metrics.syntheses.labels(outcome=outcome_label).inc()
+            if cached:
+                self.metrics.cache_hits.inc()
+            log.info("gateway.synth", request_id=request_id, chunk=request.chunk_id, outcome=outcome_label,
+                     cached=cached, elapsed_s=round(elapsed_s, 3), chars=len(request.text))
+
+    async def generate(self, ask: Ask, request_id: str) -> Spoken:
+        return await self.speak(await self.prepare(ask, request_id), request_id)

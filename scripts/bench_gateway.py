@@ -1,0 +1,185 @@
+"""Latency the gateway and the bus add over calling the model server directly. Prints; asserts nothing.
+
+A throw-away embedded stack (nats-server, SeaweedFS), the stand-in engine, one synth worker and the
+gateway, each in its own process (`tts-pipeline engine|worker synth|gateway`). For each
+concurrency, the same number of requests go
+
+  direct:   POST engine /v1/chat/completions with the payload the worker would send;
+  gateway:  POST gateway /generate  (gateway -> NATS -> worker -> engine -> S3 -> event -> gateway
+            -> S3 -> client), every text unique so nothing comes from the cache;
+
+and p50/p95 of both, and their difference, are printed. The worker's idle poll (`TTS_POLL_S`)
+bounds how long an interactive request can wait on an idle worker, so it is run at each value of
+`--poll-s`.
+
+    python scripts/bench_gateway.py [--requests 200] [--concurrency 1 20] [--latency-s 0.2]
+                                    [--poll-s 0.2 0.01]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from pipeline.backend import HiggsClient
+from pipeline.devstack import DevStack, free_port
+from pipeline.embedded import EngineProcess
+from pipeline.messages import SynthRequest
+from pipeline.settings import Settings
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
+BUCKET = "tts-bench"
+
+
+def text_for(i: int, salt: str) -> str:
+    return " ".join(WORDS[(i + k) % len(WORDS)] for k in range(8)) + f" {salt} {i}."
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "TTS_NATS_URL": settings.nats_url, "TTS_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "TTS_S3_BUCKET": settings.s3_bucket, "TTS_S3_ACCESS_KEY": settings.s3_access_key,
+        "TTS_S3_SECRET_KEY": settings.s3_secret_key, "TTS_BACKEND_URLS": ",".join(settings.backend_urls),
+        "TTS_NAMESPACE": settings.namespace, "TTS_S3_PREFIX": settings.s3_prefix, "TTS_LOG_LEVEL": "warning",
+        **extra,
+    })
+    return env
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def timed(concurrency: int, count: int, call) -> list[float]:
+    """Run `call(i)` for i < count, `concurrency` at a time; per-call seconds."""
+    latencies: list[float] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+
+    async def lane() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            t0 = time.perf_counter()
+            await call(i)
+            latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return latencies
+
+
+async def measure(settings: Settings, engine_url: str, gateway_url: str, concurrency: int, count: int) -> dict:
+    payloads = HiggsClient(settings)  # only to build the exact chat payload the worker sends
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=120, limits=limits, trust_env=False) as client:
+        salt = uuid.uuid4().hex[:6]
+        serial = itertools.count()  # every text unique: nothing may come from the cache
+
+        async def direct(i: int) -> None:
+            request = SynthRequest(job_id="bench", chunk_id=str(i), text=text_for(next(serial), salt))
+            r = await client.post(f"{engine_url}/v1/chat/completions", json=payloads.chat_payload(request, None))
+            r.raise_for_status()
+
+        async def via_gateway(i: int) -> None:
+            r = await client.post(f"{gateway_url}/generate", json={"text": text_for(next(serial), salt)})
+            r.raise_for_status()
+            assert r.headers["X-Cache"] == "miss"
+
+        warm = max(4, concurrency)
+        await timed(concurrency, warm, direct)
+        await timed(concurrency, warm, via_gateway)
+        # Interleave the two so drifts of a shared 2-core machine hit both alike.
+        d1 = await timed(concurrency, count // 2, direct)
+        g1 = await timed(concurrency, count // 2, via_gateway)
+        d2 = await timed(concurrency, count - count // 2, direct)
+        g2 = await timed(concurrency, count - count // 2, via_gateway)
+    await payloads.aclose()
+    d, g = d1 + d2, g1 + g2
+    return {
+        "direct_p50": percentile(d, 0.5), "direct_p95": percentile(d, 0.95),
+        "gateway_p50": percentile(g, 0.5), "gateway_p95": percentile(g, 0.95),
+        "direct_mean": statistics.fmean(d), "gateway_mean": statistics.fmean(g),
+    }
+
+
+def wait_ready(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0, trust_env=False).json().get("status") == "ok":
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"gateway at {url} not healthy after {timeout_s:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=200, help="measured requests per path and concurrency")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 20])
+    parser.add_argument("--latency-s", type=float, default=0.2, help="stand-in engine latency per call")
+    parser.add_argument("--poll-s", type=float, nargs="+", default=[0.2, 0.01],
+                        help="worker idle poll values to run (the default setting is 0.2)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="tts-bench-gw-") as tmp, DevStack(Path(tmp), bucket=BUCKET) as stack:
+        engine = EngineProcess(free_port(), Path(tmp) / "engine.log", args.latency_s, ("--slots", "256")).start()
+        try:
+            base = Settings(nats_url=stack.nats.url, s3_endpoint_url=stack.s3.endpoint_url, s3_bucket=BUCKET,
+                            s3_access_key=stack.s3.access_key, s3_secret_key=stack.s3.secret_key,
+                            backend_urls=[engine.url], max_in_flight=64)
+            print(f"stand-in latency {args.latency_s:.3f} s, {args.requests} requests per row, "
+                  f"texts of 10 words (~4 s of audio)")
+            print(f"{'poll_s':>6} {'conc':>4} | {'direct p50':>10} {'p95':>7} | {'gateway p50':>11} {'p95':>7} | "
+                  f"{'added p50':>9} {'p95':>7} {'p50 %':>6}")
+            for poll_s in args.poll_s:
+                ns = uuid.uuid4().hex[:8]
+                settings = base.model_copy(update={"namespace": ns, "s3_prefix": ns})
+                port = free_port()
+                env = env_for(settings, TTS_POLL_S=str(poll_s), TTS_MAX_IN_FLIGHT="64", TTS_HEARTBEAT_S="0.5")
+                procs = [
+                    subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "synth"], env=env,
+                                     stdin=subprocess.DEVNULL),
+                    subprocess.Popen([sys.executable, "-m", "pipeline.cli", "gateway", "--port", str(port)], env=env,
+                                     stdin=subprocess.DEVNULL),
+                ]
+                try:
+                    gateway_url = f"http://127.0.0.1:{port}"
+                    wait_ready(gateway_url)
+                    for concurrency in args.concurrency:
+                        m = asyncio.run(measure(settings, engine.url, gateway_url, concurrency, args.requests))
+                        added50 = m["gateway_p50"] - m["direct_p50"]
+                        added95 = m["gateway_p95"] - m["direct_p95"]
+                        print(f"{poll_s:>6.2f} {concurrency:>4} | {m['direct_p50'] * 1e3:>8.1f}ms {m['direct_p95'] * 1e3:>5.1f}ms"
+                              f" | {m['gateway_p50'] * 1e3:>9.1f}ms {m['gateway_p95'] * 1e3:>5.1f}ms"
+                              f" | {added50 * 1e3:>7.1f}ms {added95 * 1e3:>5.1f}ms {added50 / m['direct_p50']:>6.1%}",
+                              flush=True)
+                finally:
+                    for proc in procs:
+                        proc.terminate()
+                    for proc in procs:
+                        try:
+                            proc.wait(timeout=30)
+                        except subprocess.TimeoutExpired:
+                            proc.kill()
+                            proc.wait()
+        finally:
+            engine.stop()
+
+
+if __name__ == "__main__":
+    main()
