@@ -5,16 +5,23 @@ returns several WAV files glued together whose first header claims ~0.68 s; `pcm
 headers may carry wrong length fields; a runaway generation fills `max_tokens` with silence.
 No maintained library repairs such files (soundfile and `wave` trust the header), so the RIFF
 walk below is ours; decoding and encoding of well-formed audio goes through soundfile.
+
+Canonical audio (what the store holds, whatever the engine's rate): 24 kHz mono 16-bit, resampled
+with scipy's polyphase resampler, leading/trailing silence trimmed to a small pad, loudness
+measured as integrated LUFS (ITU-R BS.1770-4, pyloudnorm).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyloudnorm
 import soundfile as sf
+from scipy.signal import resample_poly
 
 from pipeline.errors import AudioInvalid
 
@@ -158,6 +165,10 @@ class AudioBounds:
     # Short texts vary most in relative terms: a fixed allowance on top of the ratio band.
     slack_s: float = 1.5
     max_clipped_fraction: float = 0.001
+    # Silence kept before and after the speech when trimming.
+    trim_pad_s: float = 0.1
+    # More silence than this at either end is a runaway generation, not a pause.
+    max_edge_silence_s: float = 2.0
 
     def duration_band_s(self, text: str) -> tuple[float, float]:
         expected = expected_duration_s(text, self.words_per_s)
@@ -189,3 +200,125 @@ def check_audio(samples: np.ndarray, sample_rate_hz: int, text: str, bounds: Aud
     if clipped > bounds.max_clipped_fraction:
         raise AudioInvalid(f"audio clipped: {clipped:.2%} of samples at full scale")
     return duration_s
+
+
+# ---------------------------------------------------------------- canonical audio
+
+# int16 overflow turns +32768 into -32768: neighbouring samples then differ by ~65,000, which
+# band-limited audio never does (that would be a full-scale step at the Nyquist frequency).
+WRAP_JUMP = 49152
+SILENCE_FRAME_S = 0.01
+# A frame is silent below the loudest frame minus this, or below the absolute floor.
+SILENCE_BELOW_PEAK_DB = 40.0
+SILENCE_FLOOR_DBFS = -60.0
+# BS.1770 measures 400 ms blocks: shorter audio has no integrated loudness.
+LOUDNESS_MIN_S = 0.4
+
+
+def resample(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
+    """int16 mono samples at `to_hz`: polyphase FIR resampling (anti-aliased), clipped to int16.
+
+    The output has `ceil(len * to_hz / from_hz)` samples, so the duration is kept to within
+    one output sample.
+    """
+    if from_hz == to_hz:
+        return np.asarray(samples, dtype=np.int16)
+    if samples.size == 0:
+        return np.zeros(0, dtype=np.int16)
+    g = math.gcd(from_hz, to_hz)
+    out = resample_poly(np.asarray(samples, dtype=np.float32), to_hz // g, from_hz // g)
+    return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+
+
+def count_wrapped(samples: np.ndarray) -> int:
+    """How many neighbouring sample pairs jump like an int16 overflow (a wrapped sample)."""
+    if samples.size < 2:
+        return 0
+    jumps = np.abs(np.diff(samples.astype(np.int32)))
+    return int(np.count_nonzero(jumps > WRAP_JUMP))
+
+
+def speech_span(samples: np.ndarray, sample_rate_hz: int) -> tuple[int, int] | None:
+    """(first, end) sample index of the non-silent part, or None when all of it is silence.
+
+    Silence is judged on 10 ms frames: RMS below the loudest frame minus 40 dB, or below -60 dBFS.
+    """
+    frame = max(1, int(sample_rate_hz * SILENCE_FRAME_S))
+    n_frames = samples.size // frame
+    if n_frames == 0:
+        return (0, samples.size) if np.any(samples) else None
+    body = samples[: n_frames * frame].astype(np.float64).reshape(n_frames, frame) / 32768.0
+    rms = np.sqrt(np.mean(body * body, axis=1))
+    peak = float(rms.max())
+    if peak <= 0.0:
+        return None
+    threshold = max(10 ** (SILENCE_FLOOR_DBFS / 20), peak * 10 ** (-SILENCE_BELOW_PEAK_DB / 20))
+    active = np.flatnonzero(rms >= threshold)
+    if active.size == 0:
+        return None
+    end = samples.size if active[-1] == n_frames - 1 else int(active[-1] + 1) * frame
+    return int(active[0]) * frame, end
+
+
+def loudness_lufs(samples: np.ndarray, sample_rate_hz: int) -> float | None:
+    """Integrated loudness (ITU-R BS.1770-4, gated) in LUFS; None for silence or < 0.4 s.
+
+    Scaling the samples by g moves the result by 20*log10(g) dB (the gates are relative).
+    """
+    if samples.size < int(LOUDNESS_MIN_S * sample_rate_hz) + 1:
+        return None
+    meter = pyloudnorm.Meter(sample_rate_hz)
+    value = meter.integrated_loudness(samples.astype(np.float64) / 32768.0)
+    return float(value) if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class CheckedAudio:
+    """An answer that passed every check, in the canonical format and trimmed."""
+
+    samples: np.ndarray  # int16 mono at `sample_rate_hz`
+    sample_rate_hz: int
+    duration_s: float  # after trimming
+    answer_duration_s: float  # as the engine sent it
+    loudness_lufs: float | None
+
+
+def check_answer(samples: np.ndarray, sample_rate_hz: int, text: str, bounds: AudioBounds) -> CheckedAudio:
+    """Check a model answer for `text` and turn it into canonical, trimmed audio.
+
+    In order: not empty; no wrapped or clipped samples (on the samples as sent); resampled to
+    `bounds.sample_rate_hz`; total duration inside the text's band (`check_audio`); at most
+    `max_edge_silence_s` of silence at either end ("too long": a runaway padded with silence);
+    the speech itself not shorter than the band ("too short": truncated); then trimmed to
+    `trim_pad_s` around the speech and its loudness measured.
+    Raises `AudioInvalid` with the reason on the first failed check.
+    """
+    if samples.size == 0:
+        raise AudioInvalid("empty audio")
+    wrapped = count_wrapped(samples)
+    if wrapped:
+        raise AudioInvalid(f"audio has {wrapped} wrapped samples (int16 overflow)")
+    clipped = np.count_nonzero(np.abs(samples.astype(np.int32)) >= PCM16_MAX) / samples.size
+    if clipped > bounds.max_clipped_fraction:
+        raise AudioInvalid(f"audio clipped: {clipped:.2%} of samples at full scale")
+    rate = bounds.sample_rate_hz
+    canonical = resample(samples, sample_rate_hz, rate)
+    answer_s = check_audio(canonical, rate, text, bounds)
+    span = speech_span(canonical, rate)
+    if span is None:
+        raise AudioInvalid("audio is pure silence")
+    start, end = span
+    lead_s, trail_s = start / rate, (canonical.size - end) / rate
+    words = len(text.split())
+    if trail_s > bounds.max_edge_silence_s or lead_s > bounds.max_edge_silence_s:
+        where, silence_s = ("end", trail_s) if trail_s >= lead_s else ("start", lead_s)
+        raise AudioInvalid(f"audio too long: {silence_s:.2f} s of silence at the {where} of {answer_s:.2f} s "
+                           f"for {words} words (a runaway generation)")
+    low_s, _ = bounds.duration_band_s(text)
+    speech_s = (end - start) / rate
+    if speech_s < low_s:
+        raise AudioInvalid(f"audio too short: {speech_s:.2f} s of speech for {words} words (min {low_s:.2f} s)")
+    pad = int(round(bounds.trim_pad_s * rate))
+    trimmed = canonical[max(0, start - pad): min(canonical.size, end + pad)]
+    return CheckedAudio(samples=trimmed, sample_rate_hz=rate, duration_s=trimmed.size / rate,
+                        answer_duration_s=answer_s, loudness_lufs=loudness_lufs(trimmed, rate))

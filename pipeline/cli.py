@@ -4,7 +4,10 @@
     tts-pipeline demo                    run the main job on a throw-away embedded stack
     tts-pipeline worker synth            a synth worker against the configured servers
     tts-pipeline engine --kind sim       the stand-in model server (Higgs protocol)
+    tts-pipeline engine --kind piper     real speech on a CPU (Piper), same protocol
+    tts-pipeline voices sync             upload voice_presets/ to voices/ in the bucket
     tts-pipeline say TEXT                synthesise one text through the bus, save the WAV
+    tts-pipeline gateway                 the HTTP gateway (/generate, /v1/audio/speech) on port 8888
 
 Errors a user can fix (a server not reachable, bad arguments) print one line and exit 1.
 """
@@ -66,7 +69,24 @@ def _cmd_engine(args: argparse.Namespace) -> int:
 
         sim.serve(sim.config_from_args(args), args.host, args.port)
         return 0
+    if args.kind == "piper":
+        from pipeline.engines import piper
+
+        logs.configure("warning")
+        config = piper.config_from_args(args)
+        if not config.threads and _settings().engine_threads:
+            config = config.model_copy(update={"threads": _settings().engine_threads})
+        piper.serve(config, args.host, args.port)
+        return 0
     raise StartupError(f"unknown engine kind {args.kind!r}")
+
+
+def _cmd_voices(args: argparse.Namespace) -> int:
+    from pipeline.voices import sync_folder
+
+    settings = _settings()
+    logs.configure("warning", settings.log_json)
+    return asyncio.run(sync_folder(settings, args.dir or settings.voice_presets_dir))
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -95,6 +115,15 @@ def _cmd_say(args: argparse.Namespace) -> int:
                            priority=args.priority, timeout_s=args.timeout_s))
 
 
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from http_gateway.server import run_gateway
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_json)
+    asyncio.run(run_gateway(settings, host=args.host, port=args.port))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tts-pipeline", description="High-throughput TTS over NATS JetStream and S3.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,11 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("engine", help="run a model server speaking the Higgs vLLM protocol")
-    p.add_argument("--kind", choices=["sim"], default="sim")
-    from pipeline.engines import sim
+    p.add_argument("--kind", choices=["sim", "piper"], default="sim")
+    from pipeline.engines import piper, sim
 
     sim.add_arguments(p)
+    piper.add_arguments(p)
     p.set_defaults(func=_cmd_engine)
+
+    p = sub.add_parser("voices", help="voice presets: `sync` uploads a folder of name.wav + name.txt to the bucket")
+    p.add_argument("action", choices=["sync"])
+    p.add_argument("--dir", default=None, help="the preset folder (default: TTS_VOICE_PRESETS_DIR, voice_presets)")
+    p.set_defaults(func=_cmd_voices)
 
     p = sub.add_parser("submit", help="submit a book (.txt, .md, .epub) as a job and follow its progress")
     p.add_argument("file")
@@ -152,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", choices=["interactive", "bulk"], default="interactive")
     p.add_argument("--timeout-s", type=float, default=120.0)
     p.set_defaults(func=_cmd_say)
+
+    p = sub.add_parser("gateway", help="run the HTTP gateway (original /generate API, OpenAI speech route)")
+    p.add_argument("--host", default=None, help="bind address (default: TTS_GATEWAY_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="bind port (default: TTS_GATEWAY_PORT, 8888)")
+    p.set_defaults(func=_cmd_gateway)
     return parser
 
 

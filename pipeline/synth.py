@@ -4,6 +4,13 @@ Delivery is at-least-once; every effect is idempotent: the audio key is a hash o
 that determines the audio (an existing object is a finished synthesis), and events carry a
 de-duplication id. A message may therefore be handled twice; the outcome happens once.
 
+Audio path: the answer is resampled to the canonical 24 kHz mono 16-bit, checked (wrapped or
+clipped samples, duration for the text, runaway silence, truncation), trimmed to a small pad
+and its loudness measured (`audio.check_answer`); a failed check is retried by redelivery. With
+`TTS_VERIFY=asr` the gate transcribes it and asks for new takes with derived seeds while the
+word error rate is too high (up to `verify_max_attempts`), then fails with the transcript.
+A voice name that is a synced preset becomes a reference first (`voices.VoiceBook`).
+
 Scheduling: the worker holds at most `max_in_flight` messages, all of them being worked on.
 Each time a slot frees, it asks the interactive consumer first (a no-wait pull), then the bulk
 one; only when both are empty does it wait (`poll_s`) on bulk, which bounds the delay an
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import os
 import random
 import socket
@@ -28,8 +36,8 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from pipeline import bus
-from pipeline.audio import AudioBounds, check_audio, encode_wav, to_mono_int16
-from pipeline.backend import HiggsClient
+from pipeline.audio import AudioBounds, CheckedAudio, check_answer, encode_wav, to_mono_int16
+from pipeline.backend import BackendAnswer, HiggsClient
 from pipeline.errors import Permanent, Retryable
 from pipeline.messages import (
     BackendStatus, ChunkDone, ChunkFailed, ChunkTimings, DeadLetter, SynthRequest, WorkerHeartbeat,
@@ -38,10 +46,29 @@ from pipeline.policy import backoff_s, is_last_attempt
 from pipeline.settings import Settings
 from pipeline.store import Store, audio_key
 from pipeline.subjects import INVALID_JOB, PRIORITIES, PRIORITY_BULK, PRIORITY_INTERACTIVE, TOKEN_RE, Names, event_msg_id
+from pipeline.voices import VoiceBook
 
 log = structlog.get_logger("pipeline.synth")
 
 WAV_HEADER_BYTES = 44
+ENGINE_NOTE_HEADER = "x-engine-note"
+
+
+def retake(request: SynthRequest, take: int) -> SynthRequest:
+    """The request for take number `take` (1 = as asked): same text and voice, a seed derived
+    from the asked seed (or 0), the text and the take number."""
+    if take <= 1:
+        return request
+    base = request.sampling.seed or 0
+    digest = hashlib.sha256(f"{base}:{take}:{request.text}".encode()).digest()
+    seed = int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+    return request.model_copy(update={"sampling": request.sampling.model_copy(update={"seed": seed})})
+
+
+def _optional_float(meta: dict, name: str) -> float | None:
+    with contextlib.suppress(KeyError, ValueError):
+        return float(meta[name])
+    return None
 
 
 def default_worker_name() -> str:
@@ -102,7 +129,11 @@ class SynthWorker:
             words_per_s=settings.words_per_s,
             min_ratio=settings.min_duration_ratio,
             max_ratio=settings.max_duration_ratio,
+            trim_pad_s=settings.trim_pad_s,
+            max_edge_silence_s=settings.max_edge_silence_s,
         )
+        self.voices = VoiceBook(store, settings.voice_cache_s)
+        self.gate = None  # the ASR gate, loaded by setup() when settings.verify == "asr"
         self._pullers = {
             p: bus.Puller(nc, self.names.synth_stream, self.names.synth_consumer(p)) for p in PRIORITIES
         }
@@ -121,6 +152,8 @@ class SynthWorker:
             return
         await bus.ensure_streams(self.js, self.settings, self.names)
         await bus.ensure_synth_consumers(self.js, self.settings, self.names)
+        if self.settings.verify == "asr" and self.gate is None:
+            self.gate = await asyncio.to_thread(_load_gate, self.settings)
         for puller in self._pullers.values():
             await puller.start()
         self._ready = True
@@ -143,6 +176,8 @@ class SynthWorker:
                 await (await bus.workers_kv(self.js, self.names)).delete(self.name)
             for puller in self._pullers.values():
                 await puller.stop()
+            if self.gate is not None:
+                self.gate.close()
             log.info("synth.stopped", worker=self.name, **self._stats_fields())
 
     def heartbeat(self, backend_health: dict[str, bool], voices: dict[str, list[str]] | None = None) -> WorkerHeartbeat:
@@ -272,10 +307,13 @@ class SynthWorker:
     async def _process(self, msg: Msg, request: SynthRequest, attempt: int, priority: str) -> None:
         started = time.perf_counter()
         queued_s = max(0.0, time.time() - msg.metadata.timestamp.timestamp()) if msg.metadata else 0.0
+        request = await self.voices.resolve(request)  # the key then covers the preset's audio
         key = audio_key(request.audio_digest(self.settings.model))
         synth_s = store_s = 0.0
-        backend_url = None
+        backend_url = engine_note = None
         repairs: list[str] = []
+        loudness = wer = None
+        takes = None
         async with self._keys.hold(key):
             head = await self.store.head(key)
             cached = head is not None
@@ -284,28 +322,32 @@ class SynthWorker:
                 meta = head.get("Metadata", {}) or {}
                 sample_rate_hz = int(meta.get("sample-rate-hz", self.settings.sample_rate_hz))
                 duration_s = float(meta.get("duration-s", (size - WAV_HEADER_BYTES) / 2 / sample_rate_hz))
+                loudness, wer = _optional_float(meta, "loudness-lufs"), _optional_float(meta, "wer")
             else:
                 t0 = time.perf_counter()
-                answer = await self.client.synthesize(request)
+                checked, answer, wer, takes = await self._synthesize_checked(request)
                 synth_s = time.perf_counter() - t0
                 backend_url = answer.url
                 repairs = answer.wav.repairs
-                samples = to_mono_int16(answer.wav)
-                sample_rate_hz = answer.wav.fmt.sample_rate_hz
-                duration_s = check_audio(samples, sample_rate_hz, request.text, self.bounds)
-                wav = encode_wav(samples, sample_rate_hz)
+                engine_note = answer.headers.get(ENGINE_NOTE_HEADER) or None
+                sample_rate_hz, duration_s, loudness = checked.sample_rate_hz, checked.duration_s, checked.loudness_lufs
+                wav = encode_wav(checked.samples, sample_rate_hz)
                 size = len(wav)
+                meta = {"duration-s": f"{duration_s:.4f}", "sample-rate-hz": str(sample_rate_hz),
+                        "job-id": request.job_id, "chunk-id": request.chunk_id}
+                if loudness is not None:
+                    meta["loudness-lufs"] = f"{loudness:.2f}"
+                if wer is not None:
+                    meta["wer"] = f"{wer:.4f}"
                 t0 = time.perf_counter()
-                await self.store.put(key, wav, "audio/wav", {
-                    "duration-s": f"{duration_s:.4f}", "sample-rate-hz": str(sample_rate_hz),
-                    "job-id": request.job_id, "chunk-id": request.chunk_id,
-                })
+                await self.store.put(key, wav, "audio/wav", meta)
                 store_s = time.perf_counter() - t0
         done = ChunkDone(
             job_id=request.job_id, chunk_id=request.chunk_id, key=key, duration_s=round(duration_s, 4),
             sample_rate_hz=sample_rate_hz, bytes=size, cached=cached, attempt=attempt, backend=backend_url,
             worker=self.name, chapter=request.chapter, index=request.index, reply_tag=request.reply_tag,
-            repaired=repairs,
+            repaired=repairs, engine_note=engine_note, wer=wer, takes=takes,
+            loudness_lufs=None if loudness is None else round(loudness, 2),
             timings=ChunkTimings(queued_s=round(queued_s, 4), synth_s=round(synth_s, 4), store_s=round(store_s, 4),
                                  total_s=round(time.perf_counter() - started, 4)),
         )
@@ -318,7 +360,25 @@ class SynthWorker:
             self.stats.synthesized += 1
         log.info("synth.done", job=request.job_id, chunk=request.chunk_id, attempt=attempt, priority=priority,
                  cached=cached, duration_s=done.duration_s, synth_s=done.timings.synth_s, backend=backend_url,
-                 repaired=repairs or None)
+                 repaired=repairs or None, wer=wer, takes=takes, engine_note=engine_note)
+
+    async def _synthesize_checked(self, request: SynthRequest) -> tuple[CheckedAudio, BackendAnswer, float | None, int]:
+        """Audio for `request` that passed every check, canonical and trimmed: (audio, answer,
+        WER or None, takes). A failed audio check raises `AudioInvalid` (retried by redelivery);
+        with the ASR gate, a take whose WER is too high is followed by one with a new seed, and
+        `AsrRejected` (permanent) is raised when `verify_max_attempts` takes all failed."""
+        takes = self.settings.verify_max_attempts if self.gate is not None else 1
+        verdict = None
+        for take in range(1, takes + 1):
+            answer = await self.client.synthesize(retake(request, take))
+            checked = check_answer(to_mono_int16(answer.wav), answer.wav.fmt.sample_rate_hz, request.text, self.bounds)
+            if self.gate is None:
+                return checked, answer, None, take
+            verdict = await self.gate.judge(checked.samples, checked.sample_rate_hz, request.text)
+            if verdict.passed:
+                return checked, answer, verdict.wer, take
+            log.info("synth.asr_retake", job=request.job_id, chunk=request.chunk_id, take=take, wer=verdict.wer)
+        raise self.gate.rejection(verdict, takes)
 
     async def _fail(self, msg: Msg, request: SynthRequest, attempt: int, reason: str, exc: Exception) -> None:
         error = str(exc)[:2000] or type(exc).__name__
@@ -364,6 +424,13 @@ class SynthWorker:
                             payload_encoding=encoding)
         await bus.publish_json(self.js, self.names.dlq(msg.subject), letter.to_bytes(),
                                f"dlq:{self.names.synth_stream}:{seq}" if seq else None)
+
+
+def _load_gate(settings: Settings):
+    """The ASR gate with its model loaded (needs the `verify` extra)."""
+    from pipeline.asr import AsrGate, Transcriber
+
+    return AsrGate(Transcriber(settings.verify_model, settings.verify_threads).load(), settings.verify_max_wer)
 
 
 def _salvage_ids(data: bytes) -> tuple[str, str]:

@@ -42,8 +42,7 @@ import uuid
 from collections import deque
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
-from http import HTTPStatus
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import numpy as np
@@ -53,17 +52,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.engines import simaudio
+from pipeline.engines.serving import (
+    ChatRequest, RequestError, SpeechRequest, check_chat_audio, check_model,
+    describe, error_response, estimate_prompt_tokens, models_body, parse, reference_audio,
+    response_for, speech_prompt_tokens, target_text, text_of, token_limit,
+)
 
 DEFAULT_VOICES = (
     "belinda", "broom_salesman", "chadwick", "en_man",
     "en_woman", "mabel", "vex", "zh_man_sichuan",
 )
-OPENAI_VOICES = (
-    "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse",
-)
-PROMPT_TOKENS_PER_WORD = 1.3
-B64_CHARS_PER_AUDIO_TOKEN = 2560  # 24 kHz * 2 bytes / 25 tokens * 4/3 base64 overhead
-SPEECH_PRESET_PROMPT_TOKENS = 300  # system turn + preset transcript + ~10 s reference clip
 CLIENT_GONE_STATUS = 499  # recorded in stats only; nobody is left to read it
 ENGINE_TICK_S = 0.01
 
@@ -302,58 +300,6 @@ class _CallCounter:
 # --- requests ----------------------------------------------------------------
 
 
-class _RequestError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-def error_response(status: int, message: str) -> JSONResponse:
-    """vLLM's error body: {"object":"error","message","type","param":null,"code"}."""
-    phrase = "".join(HTTPStatus(status).phrase.split())
-    kind = phrase if phrase.endswith("Error") else phrase + "Error"
-    body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
-    return JSONResponse(body, status_code=status)
-
-
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="allow")  # the real server logs and ignores extras
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    max_tokens: int | None = Field(None, ge=1)
-
-    def check(self) -> None:
-        # Same rules and wording as vLLM's SamplingParams.
-        if self.temperature < 0:
-            raise _RequestError(400, f"temperature must be non-negative, got {self.temperature}.")
-        if not 0 < self.top_p <= 1:
-            raise _RequestError(400, f"top_p must be in (0, 1], got {self.top_p}.")
-        if self.top_k < -1:
-            raise _RequestError(
-                400, f"top_k must be -1 (disable), or at least 1, got {self.top_k}."
-            )
-
-
-class _ChatRequest(_Sampling):
-    model: str | None = None
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    stream: bool = False
-    seed: int | None = None
-    max_completion_tokens: int | None = Field(None, ge=1)
-    audio: dict[str, Any] | None = None
-
-
-class _SpeechRequest(_Sampling):
-    model: str
-    input: str
-    voice: str
-    top_p: float = 0.95
-    top_k: int = 50
-    response_format: Literal["wav", "mp3", "pcm"] = "pcm"
-
-
 @dataclass
 class _Audio:
     samples: Any  # int16 ndarray, or None when the empty-audio fault hit
@@ -362,70 +308,8 @@ class _Audio:
     short_header: bool
 
 
-async def _parse(request: Request, model_cls: type[BaseModel]):
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise _RequestError(415, "Unsupported Media Type: Only 'application/json' is allowed")
-    try:
-        parsed = model_cls.model_validate(json.loads(await request.body()))
-    except (ValueError, ValidationError) as exc:
-        raise _RequestError(400, _describe(exc)) from None
-    parsed.check()
-    return parsed
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    return f"Invalid JSON body: {exc}"
-
-
-def _check_model(state: _SimState, model: str | None) -> None:
-    if model is not None and model != state.config.model_name:
-        raise _RequestError(404, f"The model `{model}` does not exist.")
-
-
 def _token_limit(state: _SimState, prompt_tokens: int, max_tokens: int | None) -> int:
-    """Audio tokens the call may generate; 400 with vLLM's wording when over length."""
-    limit = state.config.max_model_len
-    prefix = f"This model's maximum context length is {limit} tokens. However, you requested"
-    if max_tokens is None:
-        if prompt_tokens >= limit:
-            raise _RequestError(400, f"{prefix} {prompt_tokens} tokens in the messages, "
-                                     "Please reduce the length of the messages.")
-        return limit - prompt_tokens
-    if prompt_tokens + max_tokens > limit:
-        raise _RequestError(400, f"{prefix} {prompt_tokens + max_tokens} tokens ({prompt_tokens} "
-                                 f"in the messages, {max_tokens} in the completion). Please reduce "
-                                 "the length of the messages or completion.")
-    return max_tokens
-
-
-def _parts(content: Any) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if isinstance(content, list):
-        return [p for p in content if isinstance(p, dict)]
-    return []
-
-
-def _text_of(content: Any) -> str:
-    return " ".join(p.get("text") or "" for p in _parts(content) if p.get("type") == "text")
-
-
-def _reference_audio(messages: list[dict[str, Any]]) -> str:
-    return "".join(
-        str((p.get("input_audio") or {}).get("data") or "")
-        for m in messages for p in _parts(m.get("content")) if p.get("type") == "input_audio"
-    )
-
-
-def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """Rough prompt size: 1.3 tokens a word plus 25 a second of reference audio."""
-    words = sum(len(_text_of(m.get("content")).split()) for m in messages)
-    audio_chars = len(_reference_audio(messages))
-    audio_tokens = math.ceil(audio_chars / B64_CHARS_PER_AUDIO_TOKEN)
-    return math.ceil(PROMPT_TOKENS_PER_WORD * words) + audio_tokens
+    return token_limit(state.config.max_model_len, prompt_tokens, max_tokens)
 
 
 async def _generate(
@@ -443,7 +327,7 @@ async def _generate(
         config.empty_audio_rate, config.runaway_rate,
     ))
     if attempt < config.fail_first or error:
-        raise _RequestError(config.error_status, "Injected failure (sim engine)")
+        raise RequestError(config.error_status, "Injected failure (sim engine)")
 
     await state.slots.acquire()
     try:
@@ -476,23 +360,16 @@ async def _generate(
 
 
 async def _chat_completions(state: _SimState, request: Request) -> Response:
-    req: _ChatRequest = await _parse(request, _ChatRequest)
-    _check_model(state, req.model)
-    if req.stream:
-        raise _RequestError(400, "Streaming is not supported by the sim engine stand-in.")
-    audio_format = (req.audio or {}).get("format", "wav")
-    if audio_format not in ("wav", "pcm16"):
-        raise _RequestError(400, f"audio.format {audio_format!r} is not supported by the stand-in.")
-    if (req.audio or {}).get("voice", "alloy") not in OPENAI_VOICES:
-        raise _RequestError(400, f"audio.voice: Input should be one of {', '.join(OPENAI_VOICES)}")
-    users = [m for m in req.messages if m.get("role") == "user"]
-    text = _text_of(users[-1].get("content")) if users else ""
+    req: ChatRequest = await parse(request, ChatRequest)
+    check_model(state.config.model_name, req.model)
+    audio_format = check_chat_audio(req)
+    text = target_text(req.messages)
     prompt_tokens = estimate_prompt_tokens(req.messages)
     max_tokens = req.max_completion_tokens or req.max_tokens
     token_limit = _token_limit(state, prompt_tokens, max_tokens)
     # A cloned voice sounds like its reference; without one, like its system prompt.
-    system = " ".join(_text_of(m.get("content")) for m in req.messages if m.get("role") == "system")
-    voice = hashlib.sha1((system + _reference_audio(req.messages)[:65536]).encode()).hexdigest()
+    system = " ".join(text_of(m.get("content")) for m in req.messages if m.get("role") == "system")
+    voice = hashlib.sha1((system + reference_audio(req.messages)[:65536]).encode()).hexdigest()
 
     audio = await _generate(
         state, text=text, seed=req.seed or 0, voice=voice,
@@ -526,14 +403,12 @@ async def _chat_completions(state: _SimState, request: Request) -> Response:
 
 
 async def _speech(state: _SimState, request: Request) -> Response:
-    req: _SpeechRequest = await _parse(request, _SpeechRequest)
-    _check_model(state, req.model)
+    req: SpeechRequest = await parse(request, SpeechRequest)
+    check_model(state.config.model_name, req.model)
     if req.response_format == "mp3":
-        raise _RequestError(400, "mp3 not supported by the stand-in")
+        raise RequestError(400, "mp3 not supported by the stand-in")
     voice = req.voice if req.voice in state.config.voices else state.config.voices[0]
-    prompt_tokens = SPEECH_PRESET_PROMPT_TOKENS + math.ceil(
-        PROMPT_TOKENS_PER_WORD * len(req.input.split())
-    )
+    prompt_tokens = speech_prompt_tokens(req.input)
     token_limit = _token_limit(state, prompt_tokens, req.max_tokens)
     audio = await _generate(
         state, text=req.input, seed=0, voice=voice,
@@ -551,7 +426,7 @@ async def _speech(state: _SimState, request: Request) -> Response:
 
 
 def _endpoint(state: _SimState, handler):
-    """Wrap a POST handler: map _RequestError to vLLM's body; abort when the client leaves."""
+    """Wrap a POST handler: map RequestError to vLLM's body; abort when the client leaves."""
 
     async def endpoint(request: Request) -> Response:
         await request.body()  # read it now so the disconnect watcher can't steal it
@@ -574,10 +449,8 @@ def _endpoint(state: _SimState, handler):
             return error_response(503, "The sim engine is shutting down.")
         try:
             return work.result()
-        except _RequestError as exc:
-            if exc.status == 415:  # FastAPI's HTTPException shape, as in vLLM
-                return JSONResponse({"detail": exc.message}, status_code=415)
-            return error_response(exc.status, exc.message)
+        except RequestError as exc:
+            return response_for(exc)
 
     return endpoint
 
@@ -603,12 +476,7 @@ def create_app(config: SimConfig | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        name = state.config.model_name
-        return {"object": "list", "data": [{
-            "id": name, "object": "model", "created": state.started_at, "owned_by": "vllm",
-            "root": name, "parent": None, "max_model_len": state.config.max_model_len,
-            "permission": [],
-        }]}
+        return models_body(state.config.model_name, state.started_at, state.config.max_model_len)
 
     @app.get("/v1/audio/voices")
     async def voices() -> list[str]:
@@ -634,7 +502,7 @@ def create_app(config: SimConfig | None = None) -> FastAPI:
                 raise ValueError("expected a JSON object of knob values")
             state.config = SimConfig.model_validate({**state.config.model_dump(), **changes})
         except (ValueError, ValidationError) as exc:
-            return error_response(400, _describe(exc))
+            return error_response(400, describe(exc))
         state.slots.wake()  # more slots may admit waiters now
         return JSONResponse(state.config.model_dump(mode="json"))
 

@@ -1,0 +1,168 @@
+"""Real speech through the whole pipeline (bus -> worker -> Piper engine -> S3), the audio checks
+against the stand-in's faults, and the ASR gate. Real servers throughout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.asr import Transcriber
+from pipeline.audio import decode_wav, loudness_lufs
+from pipeline.client import publish_synth
+from pipeline.engines.piper import PiperServer
+from pipeline.messages import ChunkDone, ChunkFailed, Sampling, SynthRequest
+from pipeline.voices import sync_presets
+from pipeline.wer import word_error_rate
+from tests.conftest import sim_stats
+from tests.test_voices import make_folder
+
+# Three paragraphs of ~150 words with numbers, abbreviations and quotes, one request per sentence.
+PARAGRAPHS = [
+    [
+        "On March 3, 2021, Dr. Helen Park opened the old lighthouse museum on Gull Island.",
+        "The building had been closed for 27 years, and the repairs cost about $4.5 million.",
+        "\"We almost gave up twice,\" she told the small crowd that gathered by the harbor.",
+        "Mr. James Ortiz, who had kept the lamp running until 1994, cut the ribbon with a pair of brass scissors.",
+        "Inside, visitors found 312 photographs, a logbook from 1887, and a lens that weighs nearly 2 tons.",
+        "The first tour sold out in 15 minutes.",
+        "By the end of the summer, more than 40,000 people had climbed the 114 steps to the top.",
+        "Many of them said the view of the northern coast was worth every one of those steps.",
+        "Dr. Park now plans a second exhibit about the ships that were lost in the storms of the 1950s.",
+    ],
+    [
+        "The recipe looked simple enough: 3 cups of flour, 2 eggs, and a pinch of salt.",
+        "Grandma Rose, however, insisted that the secret was patience.",
+        "\"Let the dough rest for at least 45 minutes,\" she said, \"or it will fight you the whole way.\"",
+        "We ignored her advice on the first try, and the bread came out as flat as a plate.",
+        "On the second attempt we waited a full hour, and the loaf rose to twice its size.",
+        "Our neighbor, Mrs. Chen, smelled it from across the street and came over with a jar of honey.",
+        "Within 10 minutes the entire loaf was gone.",
+        "Since then we have baked it every Sunday, usually at 7 in the morning, while the kitchen is quiet.",
+        "Grandma Rose is 92 now, and she still checks the dough with one finger before anyone may touch it.",
+    ],
+    [
+        "The train left the station at 6:15 and headed west through the mountains.",
+        "Most of the 200 passengers were asleep, but a few stood by the windows to watch the sunrise.",
+        "A conductor named Paul walked down the aisle and checked each ticket by hand.",
+        "\"Next stop, Riverside,\" he announced, \"in about 20 minutes.\"",
+        "Outside, the river was wide and silver, and a family of deer drank at the edge of the water.",
+        "A young girl in the third car pressed her face to the glass and counted them out loud.",
+        "She reached 9 before the train turned into a long, dark tunnel.",
+        "When the light returned, the valley had opened up, and the town was already in sight below them.",
+        "Her father smiled, folded his newspaper, and told her that they would be home in time for lunch.",
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def piper():
+    with PiperServer() as server:  # one synthesis per core
+        yield server
+    server.engine.close()
+
+
+@pytest.fixture(scope="module")
+def transcriber():
+    transcriber = Transcriber().load()
+    yield transcriber
+    transcriber.close()
+
+
+def test_the_paragraphs_are_about_150_words():
+    assert [130 <= len(" ".join(p).split()) <= 170 for p in PARAGRAPHS] == [True] * 3
+
+
+async def test_piper_through_the_pipeline_gives_intelligible_24_khz_wavs(harness, piper, transcriber):
+    h = await harness(backend_urls=[piper.url], max_in_flight=4)
+    reqs = [
+        SynthRequest(job_id="book", chunk_id=f"p{p}-s{s}", chapter=p, index=s, text=sentence)
+        for p, paragraph in enumerate(PARAGRAPHS) for s, sentence in enumerate(paragraph)
+    ]
+    async with h.waiter("book") as waiter:
+        await h.start_worker()
+        for req in reqs:
+            await publish_synth(h.js, h.names, req, "bulk")
+        outcomes = await waiter.wait_for("book", [r.chunk_id for r in reqs], timeout_s=240)
+    failed = [o for o in outcomes.values() if not isinstance(o, ChunkDone)]
+    assert not failed, failed[:3]
+    paragraphs: list[list[np.ndarray]] = [[] for _ in PARAGRAPHS]
+    for req in reqs:
+        done = outcomes[req.chunk_id]
+        samples, rate = decode_wav(await h.store.get(done.key))
+        assert rate == done.sample_rate_hz == 24000  # Piper speaks at 22050 Hz: resampled
+        assert samples.size / rate == pytest.approx(done.duration_s, abs=0.001)
+        assert done.loudness_lufs == pytest.approx(loudness_lufs(samples, rate), abs=0.01)
+        assert done.engine_note is None and done.wer is None  # no gate: no WER
+        # Trimmed: no more than the 0.1 s pad and a word's fading tail (Piper: up to ~0.35 s) at the edges.
+        loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 0.05 * np.abs(samples).max())
+        assert loud[0] <= 0.4 * rate and samples.size - loud[-1] <= 0.4 * rate
+        paragraphs[req.chapter].append(samples)
+    for text, pieces in zip(PARAGRAPHS, paragraphs):
+        heard = transcriber.transcribe_blocking(np.concatenate(pieces), 24000)
+        assert word_error_rate(" ".join(text), heard) <= 0.10, heard
+
+
+async def test_runaway_answers_are_retried_then_fail_as_too_long(sims, harness):
+    sim = sims(runaway_rate=1.0)  # never stops: pads with silence up to max_tokens
+    h = await harness(backend_urls=[sim.url], max_deliver=3)
+    req = SynthRequest(job_id="runaway", chunk_id="0", text="A short sentence that never seems to end.")
+    async with h.waiter("runaway") as waiter:
+        await h.start_worker()
+        await publish_synth(h.js, h.names, req, "bulk")
+        (outcome,) = await waiter.wait_count(1, timeout_s=30)
+    assert isinstance(outcome, ChunkFailed) and outcome.reason == "max_deliver" and outcome.attempt == 3
+    assert "too long" in outcome.error and "silence at the end" in outcome.error
+    assert sim_stats(sim)["calls"] == 3
+
+
+async def test_truncated_answers_are_retried_then_fail_as_too_short(sims, harness):
+    sim = sims()
+    h = await harness(backend_urls=[sim.url], max_deliver=3)
+    words = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
+    # A 16-token budget cuts the answer at 0.64 s: far too short for fifteen words.
+    req = SynthRequest(job_id="cut", chunk_id="0", text=words, sampling=Sampling(max_tokens=16))
+    async with h.waiter("cut") as waiter:
+        await h.start_worker()
+        await publish_synth(h.js, h.names, req, "bulk")
+        (outcome,) = await waiter.wait_count(1, timeout_s=30)
+    assert isinstance(outcome, ChunkFailed) and outcome.reason == "max_deliver"
+    assert "too short" in outcome.error
+    assert sim_stats(sim)["calls"] == 3
+
+
+async def test_a_tone_fails_the_asr_gate_with_what_was_heard(sims, harness, transcriber):
+    sim = sims()  # the stand-in speaks tones, not words
+    h = await harness(backend_urls=[sim.url], verify="asr", verify_max_attempts=2, max_deliver=5)
+    req = SynthRequest(job_id="tone", chunk_id="0", text="Every word of this sentence should be heard clearly.")
+    async with h.waiter("tone") as waiter:
+        await h.start_worker()
+        await publish_synth(h.js, h.names, req, "bulk")
+        (outcome,) = await waiter.wait_count(1, timeout_s=60)
+    assert isinstance(outcome, ChunkFailed) and outcome.reason == "permanent" and outcome.attempt == 1
+    assert "ASR gate: WER" in outcome.error and "after 2 takes; heard: " in outcome.error
+    stats = sim_stats(sim)
+    assert stats["calls"] == 2  # two takes in one delivery, then no retries
+    assert not await h.store.list_keys("audio/")
+
+
+async def test_piper_passes_the_asr_gate_and_notes_voices_it_cannot_do(harness, piper, transcriber, tmp_path):
+    h = await harness(backend_urls=[piper.url], verify="asr")
+    await sync_presets(h.store, make_folder(tmp_path))
+    reqs = [
+        SynthRequest(job_id="gate", chunk_id="preset", text="The narrator reads the first chapter tonight.",
+                     voice="narrator"),
+        SynthRequest(job_id="gate", chunk_id="builtin", text="Belinda would have read it in her own voice.",
+                     voice="belinda"),
+    ]
+    async with h.waiter("gate") as waiter:
+        await h.start_worker()
+        for req in reqs:
+            await publish_synth(h.js, h.names, req, "interactive")
+        outcomes = await waiter.wait_for("gate", ["preset", "builtin"], timeout_s=60)
+    preset, builtin = outcomes["preset"], outcomes["builtin"]
+    assert isinstance(preset, ChunkDone) and isinstance(builtin, ChunkDone), outcomes
+    assert preset.engine_note == "reference-voice-not-cloned"
+    assert builtin.engine_note == "preset-voice-not-available"
+    for done in (preset, builtin):
+        assert done.wer is not None and done.wer <= 0.25 and done.takes == 1
+        assert done.loudness_lufs is not None and -40 < done.loudness_lufs < -5
