@@ -162,12 +162,27 @@ async def run_up(settings: Settings, data_dir: str, engine_latency_s: float, eng
         for line in stack.describe():
             print(f"  {line}")
         print(f"  engine  {', '.join(settings.backend_urls)}" + (f"  (local: {engine.kind})" if engine else "  (configured)"))
-        print("  workers synth, ingest, assemble (this process)")
+        print(f"  gateway http://{settings.gateway_host}:{settings.gateway_port}")
+        print("  workers synth, ingest, assemble, gateway (this process)")
         print(f"  data    {root}")
         sys.stdout.flush()
         async with pipeline_services(settings) as worker:
-            install_stop_signals(worker.stop)
-            await worker.run()
+            from http_gateway.server import uvicorn_server
+
+            gateway = uvicorn_server(settings)
+            gateway.capture_signals = contextlib.nullcontext  # our handlers stop everything in order
+            serving = asyncio.create_task(gateway.serve())
+
+            def stop() -> None:
+                worker.stop()
+                gateway.should_exit = True
+
+            install_stop_signals(stop)
+            try:
+                await worker.run()
+            finally:
+                gateway.should_exit = True
+                await serving
     finally:
         if engine is not None:
             engine.stop()

@@ -101,10 +101,11 @@ async def test_sigterm_drains_and_a_new_worker_finishes_the_batch(sims, harness)
 
 def test_up_serves_say_and_stops_cleanly_on_ctrl_c(tmp_path: Path):
     nats_port, s3_port, engine_port = free_port(), free_port(grpc_offset=10_000, below=55_535), free_port()
+    gateway_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TTS_") and k != "VLLM_URL"}
     env.update({
         "TTS_NATS_URL": f"nats://127.0.0.1:{nats_port}", "TTS_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
-        "TTS_LOG_LEVEL": "warning",
+        "TTS_LOG_LEVEL": "warning", "TTS_GATEWAY_PORT": str(gateway_port), "TTS_LOCAL_ENGINE": "sim",
     })
     up_env = env
     proc = subprocess.Popen(CLI + ["up", "--data-dir", str(tmp_path / "data"), "--engine-port", str(engine_port)],
@@ -128,6 +129,10 @@ def test_up_serves_say_and_stops_cleanly_on_ctrl_c(tmp_path: Path):
         assert result.returncode == 0, result.stderr
         assert out.stat().st_size > 10_000
         assert httpx.get(f"http://127.0.0.1:{engine_port}/health", timeout=5).status_code == 200
+        # The gateway of `up` answers the original API through the same bus.
+        response = httpx.post(f"http://127.0.0.1:{gateway_port}/generate", json={"text": "Through the gateway."},
+                              timeout=60)
+        assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
     finally:
         proc.send_signal(signal.SIGINT)
         try:
