@@ -12,6 +12,7 @@ until it has the batch or the server's status line ends the request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -182,29 +183,35 @@ async def jobs_kv(js: JetStreamContext, names: Names, replicas: int = 1):
 
 @dataclass
 class Puller:
-    """Pulls from one durable consumer, never more than asked."""
+    """Pulls from one durable consumer, never more than asked.
+
+    Each pull request gets a reply subscription of its own, so pulls may overlap (an idle wait on
+    a consumer while another pull is answered) without one request's status line ending another.
+    """
 
     nc: NATS
     stream: str
     consumer: str
 
     def __post_init__(self) -> None:
-        self._inbox = self.nc.new_inbox()
-        self._sub = None
         self._api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}"
+        self._open: set = set()
+        self._started = False
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(self._inbox)
+        self._started = True
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+        self._started = False
+        for sub in list(self._open):
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._open.clear()
 
     async def pull(self, batch: int, wait_s: float | None = None) -> list[Msg]:
         """Up to `batch` messages. `wait_s=None`: what is there now; else wait up to `wait_s`
         for the first one (the request then ends as soon as `batch` arrived or it expired)."""
-        assert self._sub is not None, "start() first"
+        assert self._started, "start() first"
         request: dict[str, object] = {"batch": batch}
         if wait_s is None:
             request["no_wait"] = True
@@ -212,22 +219,30 @@ class Puller:
         else:
             request["expires"] = int(wait_s * 1e9)
             deadline_s = wait_s + 5.0
-        await self.nc.publish(self._api, json.dumps(request).encode(), reply=self._inbox)
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        self._open.add(sub)
         msgs: list[Msg] = []
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline_s
-        while len(msgs) < batch:
-            try:
-                msg = await self._sub.next_msg(timeout=max(0.001, end - loop.time()))
-            except (asyncio.TimeoutError, nats.errors.TimeoutError):
-                break
-            status = (msg.headers or {}).get("Status")
-            if status is None and msg.reply:
-                msgs.append(msg)
-                continue
-            if status == "100":  # idle heartbeat
-                continue
-            break  # 404 no messages, 408 expired, 409 consumer changes: this request is over
+        try:
+            await self.nc.publish(self._api, json.dumps(request).encode(), reply=inbox)
+            loop = asyncio.get_running_loop()
+            end = loop.time() + deadline_s
+            while len(msgs) < batch:
+                try:
+                    msg = await sub.next_msg(timeout=max(0.001, end - loop.time()))
+                except (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.BadSubscriptionError):
+                    break
+                status = (msg.headers or {}).get("Status")
+                if status is None and msg.reply:
+                    msgs.append(msg)
+                    continue
+                if status == "100":  # idle heartbeat
+                    continue
+                break  # 404 no messages, 408 expired, 409 consumer changes: this request is over
+        finally:
+            self._open.discard(sub)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         return msgs
 
 

@@ -143,6 +143,8 @@ class SynthWorker:
         self._keys = _KeyLocks()
         self._rng = random.Random()
         self._ready = False
+        self._reserved = 0  # slots held by idle pulls that may still deliver a message
+        self._idle_waits: dict[str, asyncio.Task | None] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -216,30 +218,66 @@ class SynthWorker:
 
     async def _pull_loop(self) -> None:
         limit = self.settings.max_in_flight
+        paused = False
         while not self._stopping.is_set():
-            free = limit - len(self._tasks)
+            if self.client.all_down():
+                # Every model server is ejected: pulling now would only burn delivery attempts.
+                if not paused:
+                    log.warning("synth.paused", reason="all model servers down", backends=self.client.urls)
+                    paused = True
+                await asyncio.sleep(min(0.5, self.settings.poll_s))
+                continue
+            if paused:
+                log.info("synth.resumed")
+                paused = False
+            free = limit - len(self._tasks) - self._reserved
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
             try:
-                msgs, priority = await self._next_batch(free)
+                await self._pull_some(free)
             except Exception as exc:  # NATS away: nats-py reconnects; we wait and ask again
                 log.warning("synth.pull_failed", error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(min(1.0, self.settings.poll_s * 5))
-                continue
-            for msg in msgs:
-                self._start(msg, priority)
 
-    async def _next_batch(self, free: int) -> tuple[list[Msg], str]:
-        msgs = await self._pullers[PRIORITY_INTERACTIVE].pull(free)
-        if msgs:
-            return msgs, PRIORITY_INTERACTIVE
-        msgs = await self._pullers[PRIORITY_BULK].pull(free)
-        if msgs:
-            return msgs, PRIORITY_BULK
-        # Idle: wait a little for bulk, then look at interactive again.
-        return await self._pullers[PRIORITY_BULK].pull(1, wait_s=self.settings.poll_s), PRIORITY_BULK
+    async def _pull_some(self, free: int) -> None:
+        """Start up to `free` messages: interactive first, then bulk; wait a little when idle."""
+        for priority in (PRIORITY_INTERACTIVE, PRIORITY_BULK):
+            msgs = await self._pullers[priority].pull(free)
+            if msgs:
+                for msg in msgs:
+                    self._start(msg, priority)
+                return
+        # Idle: wait on both queues at once (one wait per queue, each holding a reserved slot
+        # until its pull request is over), so an interactive request starts the moment it
+        # arrives; with one free slot, wait on bulk alone (interactive then waits <= `poll_s`).
+        order = (PRIORITY_INTERACTIVE, PRIORITY_BULK) if free >= 2 else (PRIORITY_BULK,)
+        for priority in order:
+            waiting = self._idle_waits.get(priority)
+            if (waiting is None or waiting.done()) and free > 0:
+                self._idle_waits[priority] = asyncio.create_task(self._reserved_pull(priority))
+                free -= 1
+        pending = [t for t in self._idle_waits.values() if t is not None and not t.done()]
+        if pending:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _reserved_pull(self, priority: str) -> None:
+        self._reserved += 1
+        try:
+            msgs = await self._pullers[priority].pull(1, wait_s=self.settings.poll_s)
+        except Exception as exc:  # NATS away or the worker stopping: nothing was taken
+            log.debug("synth.idle_pull_failed", error=f"{type(exc).__name__}: {exc}")
+            msgs = []
+        finally:
+            self._reserved -= 1
+        for msg in msgs:
+            if self._stopping.is_set():
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            else:
+                self._start(msg, priority)
+        self._slot_freed.set()
 
     def _start(self, msg: Msg, priority: str) -> None:
         task = asyncio.create_task(self._handle(msg, priority))

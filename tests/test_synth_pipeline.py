@@ -251,3 +251,39 @@ async def test_worker_heartbeat_reports_backend_health(sims, harness):
     await h.stop_workers()
     with pytest.raises(Exception):
         await kv.get("hb-worker")  # a stopped worker removes itself
+
+
+async def test_idle_worker_starts_an_interactive_request_at_once(sims, harness):
+    sim = sims()
+    # A long idle poll: if interactive requests waited behind it, each would take ~2 s.
+    h = await harness(backend_urls=[sim.url], poll_s=2.0)
+    async with h.waiter("quick") as waiter:
+        await h.start_worker()
+        await asyncio.sleep(0.5)  # idle, waiting on both queues
+        for i in range(3):
+            req = SynthRequest(job_id="quick", chunk_id=str(i), text=text_for(i))
+            started = asyncio.get_running_loop().time()
+            await publish_synth(h.js, h.names, req, "interactive")
+            await waiter.wait_count(i + 1, timeout_s=10)
+            assert asyncio.get_running_loop().time() - started < 1.0
+            await asyncio.sleep(0.3)
+
+
+async def test_worker_stops_pulling_while_every_backend_is_down(sims, harness):
+    sim = sims()
+    h = await harness(backend_urls=[sim.url], heartbeat_s=0.2, backend_eject_s=60, max_deliver=3)
+    worker = await h.start_worker()
+    sim.stop()  # the only model server goes away
+    for _ in range(50):
+        if worker.client.all_down():
+            break
+        await asyncio.sleep(0.1)
+    assert worker.client.all_down()
+    req = SynthRequest(job_id="paused", chunk_id="0", text="Waiting for the model server.")
+    async with h.waiter("paused") as waiter:
+        await publish_synth(h.js, h.names, req, "bulk")
+        await asyncio.sleep(1.5)
+        info = await h.js.consumer_info(h.names.synth_stream, h.names.synth_consumer("bulk"))
+        # Not taken, so no delivery attempt was burnt while nothing could serve it.
+        assert info.num_pending == 1 and info.delivered.stream_seq == 0
+        assert waiter.order == []
