@@ -60,6 +60,9 @@ class Settings(BaseSettings):
 
     # --- synth worker ---
     max_in_flight: int = Field(default=32, ge=1, le=4096)
+    # Messages a worker may hold beyond `max_in_flight` while their audio is checked, stored and
+    # reported: the model-call slots are refilled as soon as an answer arrives.
+    finishing_slots: int = Field(default=8, ge=0, le=4096)
     ack_wait_s: float = Field(default=60.0, gt=0)
     max_deliver: int = Field(default=5, ge=1)
     retry_base_delay_s: float = Field(default=0.5, ge=0)

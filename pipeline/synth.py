@@ -86,6 +86,22 @@ class WorkerStats:
     by_priority: dict[str, int] = field(default_factory=lambda: {p: 0 for p in PRIORITIES})
 
 
+class _CallSlot:
+    """A message's claim on one of `max_in_flight` model-call slots, given back (once) as soon as
+    the model has answered, so storing and reporting overlap the next call."""
+
+    def __init__(self, worker: "SynthWorker"):
+        self._worker = worker
+        self._held = True
+        worker._calling += 1
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._worker._calling -= 1
+            self._worker._slot_freed.set()
+
+
 class _KeyLocks:
     """One synthesis per audio key inside this process: a duplicate waits, then finds it stored."""
 
@@ -144,6 +160,7 @@ class SynthWorker:
         self._rng = random.Random()
         self._ready = False
         self._reserved = 0  # slots held by idle pulls that may still deliver a message
+        self._calling = 0  # messages started and not yet answered by the model server
         self._idle_waits: dict[str, asyncio.Task | None] = {}
 
     # ---------------------------------------------------------------- lifecycle
@@ -230,7 +247,9 @@ class SynthWorker:
             if paused:
                 log.info("synth.resumed")
                 paused = False
-            free = limit - len(self._tasks) - self._reserved
+            # Model calls never exceed `max_in_flight`; a few more messages may be finishing
+            # (checked, stored, reported) while the next calls already run.
+            free = min(limit - self._calling, limit + self.settings.finishing_slots - len(self._tasks)) - self._reserved
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -280,7 +299,7 @@ class SynthWorker:
         self._slot_freed.set()
 
     def _start(self, msg: Msg, priority: str) -> None:
-        task = asyncio.create_task(self._handle(msg, priority))
+        task = asyncio.create_task(self._handle(msg, priority, _CallSlot(self)))
         self._tasks.add(task)
         self.stats.in_flight = len(self._tasks)
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
@@ -312,16 +331,17 @@ class SynthWorker:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
-    async def _handle(self, msg: Msg, priority: str) -> None:
+    async def _handle(self, msg: Msg, priority: str, slot: _CallSlot) -> None:
         attempt = bus.delivery_count(msg)
         try:
             request = SynthRequest.from_bytes(msg.data)
         except ValidationError as exc:
+            slot.release()
             await self._reject_invalid(msg, attempt, exc)
             return
         keepalive = asyncio.create_task(self._keepalive(msg))
         try:
-            await self._process(msg, request, attempt, priority)
+            await self._process(msg, request, attempt, priority, slot)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await msg.nak()
@@ -340,9 +360,10 @@ class SynthWorker:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=delay_s)
         finally:
+            slot.release()
             keepalive.cancel()
 
-    async def _process(self, msg: Msg, request: SynthRequest, attempt: int, priority: str) -> None:
+    async def _process(self, msg: Msg, request: SynthRequest, attempt: int, priority: str, slot: _CallSlot) -> None:
         started = time.perf_counter()
         queued_s = max(0.0, time.time() - msg.metadata.timestamp.timestamp()) if msg.metadata else 0.0
         request = await self.voices.resolve(request)  # the key then covers the preset's audio
@@ -356,6 +377,7 @@ class SynthWorker:
             head = await self.store.head(key)
             cached = head is not None
             if cached:
+                slot.release()
                 size = int(head.get("ContentLength", 0))
                 meta = head.get("Metadata", {}) or {}
                 sample_rate_hz = int(meta.get("sample-rate-hz", self.settings.sample_rate_hz))
@@ -364,6 +386,7 @@ class SynthWorker:
             else:
                 t0 = time.perf_counter()
                 checked, answer, wer, takes = await self._synthesize_checked(request)
+                slot.release()
                 synth_s = time.perf_counter() - t0
                 backend_url = answer.url
                 repairs = answer.wav.repairs
