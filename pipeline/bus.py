@@ -246,6 +246,16 @@ class Puller:
         return msgs
 
 
+def message_age_s(msg: Msg) -> float:
+    """Seconds since the message was first stored in its stream (0 when unknown)."""
+    import time
+
+    try:
+        return max(0.0, time.time() - msg.metadata.timestamp.timestamp())
+    except Exception:
+        return 0.0
+
+
 def delivery_count(msg: Msg) -> int:
     try:
         return int(msg.metadata.num_delivered)

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from pipeline import bus, jobs
 from pipeline.client import publish_synth
 from pipeline.messages import ChapterFailed, ChapterSubmit, DeadLetter
-from pipeline.policy import backoff_s, is_last_attempt
+from pipeline.policy import DeliveryPolicy
 from pipeline.settings import Settings
 from pipeline.store import Store, audio_key
 from pipeline.subjects import INVALID_JOB, PRIORITY_BULK, TOKEN_RE, Names
@@ -146,6 +146,7 @@ def parse_submit(data: bytes) -> ChapterSubmit:
 def build_broker(settings: Settings, ingestor_box: list) -> NatsBroker:
     """The faststream app: one durable pull subscriber with explicit (manual) acks."""
     names = Names(settings.namespace)
+    policy = DeliveryPolicy.from_settings(settings)
     broker = NatsBroker(settings.nats_url, logger=None, connect_timeout=settings.nats_connect_timeout_s,
                         max_reconnect_attempts=-1, **bus.auth_options(settings))
 
@@ -162,21 +163,28 @@ def build_broker(settings: Settings, ingestor_box: list) -> NatsBroker:
         raw = msg.raw_message
         attempt = bus.delivery_count(raw)
         seq = raw.metadata.sequence.stream if raw.metadata else None
+        submit = None
         try:
-            await ingestor.ingest(parse_submit(msg.body))
+            submit = parse_submit(msg.body)
+            if policy.too_old(bus.message_age_s(raw)):
+                raise ChapterRejected(submit.job_id, submit.chapter, "max_age",
+                                      f"chapter message older than {policy.max_age_s:.0f} s")
+            await ingestor.ingest(submit)
         except ChapterRejected as exc:
             await ingestor.reject(raw.subject, msg.body, seq, attempt, exc)
             await msg.reject()  # term: no redelivery
             return
         except Exception as exc:
-            if is_last_attempt(attempt, settings.max_deliver):
+            verdict = policy.after_failure(attempt, bus.message_age_s(raw))
+            if not verdict.retry:
+                job_id, chapter = (submit.job_id, submit.chapter) if submit else (INVALID_JOB, -1)
                 await ingestor.reject(raw.subject, msg.body, seq, attempt,
-                                      ChapterRejected(INVALID_JOB, -1, "max_deliver", f"{type(exc).__name__}: {exc}"))
+                                      ChapterRejected(job_id, chapter, verdict.reason, f"{type(exc).__name__}: {exc}"))
                 await msg.reject()
                 return
-            delay_s = backoff_s(attempt, settings.retry_base_delay_s, settings.retry_max_delay_s)
-            log.warning("ingest.retry", attempt=attempt, delay_s=round(delay_s, 2), error=f"{type(exc).__name__}: {exc}"[:300])
-            await msg.nack(delay=delay_s)
+            log.warning("ingest.retry", attempt=attempt, delay_s=round(verdict.delay_s, 2),
+                        error=f"{type(exc).__name__}: {exc}"[:300])
+            await msg.nack(delay=verdict.delay_s)
             return
         await msg.ack()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float, rng: random.Random | None = None) -> float:
@@ -18,3 +19,40 @@ def backoff_s(attempt: int, base_s: float, cap_s: float, rng: random.Random | No
 def is_last_attempt(attempt: int, max_deliver: int) -> bool:
     """JetStream stops redelivering after `max_deliver` deliveries; the last one must decide."""
     return attempt >= max_deliver
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a message whose handling failed with a retryable error."""
+
+    retry: bool
+    delay_s: float = 0.0
+    reason: str = ""  # when not retrying: "max_deliver" or "max_age"
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """The three rules every consumer applies the same way: a growing, jittered delay between
+    attempts; at most `max_deliver` attempts; and no retry that would end after `max_age_s`
+    (0 = no age limit) counted from when the message was first published."""
+
+    max_deliver: int
+    base_delay_s: float
+    max_delay_s: float
+    max_age_s: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings) -> "DeliveryPolicy":
+        return cls(settings.max_deliver, settings.retry_base_delay_s, settings.retry_max_delay_s,
+                   settings.max_message_age_s)
+
+    def too_old(self, age_s: float) -> bool:
+        return self.max_age_s > 0 and age_s > self.max_age_s
+
+    def after_failure(self, attempt: int, age_s: float, rng: random.Random | None = None) -> Verdict:
+        if is_last_attempt(attempt, self.max_deliver):
+            return Verdict(False, reason="max_deliver")
+        delay_s = backoff_s(attempt, self.base_delay_s, self.max_delay_s, rng)
+        if self.too_old(age_s + delay_s):
+            return Verdict(False, reason="max_age")
+        return Verdict(True, delay_s=delay_s)

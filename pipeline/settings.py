@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     max_deliver: int = Field(default=5, ge=1)
     retry_base_delay_s: float = Field(default=0.5, ge=0)
     retry_max_delay_s: float = Field(default=30.0, ge=0)
+    # A request older than this (since first published) is dead-lettered instead of retried or
+    # started: nobody is waiting for it any more. 0 = no age limit.
+    max_message_age_s: float = Field(default=0.0, ge=0)
     # How long one idle poll of the bulk queue waits; bounds interactive latency on an idle worker.
     poll_s: float = Field(default=0.2, gt=0)
     drain_timeout_s: float = 30.0
@@ -133,6 +136,9 @@ class Settings(BaseSettings):
     gateway_max_reference_s: float = Field(default=60.0, gt=0)
     # Checked before parsing; must leave room for a maximal reference as base64 (4/3 of it).
     gateway_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # A comment line on every open `/jobs/{id}/events` stream this often, so that proxies and
+    # clients with read timeouts keep an idle stream open.
+    gateway_sse_heartbeat_s: float = Field(default=15.0, gt=0)
 
     # --- logging ---
     log_level: str = "info"

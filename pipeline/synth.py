@@ -42,7 +42,7 @@ from pipeline.errors import Permanent, Retryable
 from pipeline.messages import (
     BackendStatus, ChunkDone, ChunkFailed, ChunkTimings, DeadLetter, SynthRequest, WorkerHeartbeat,
 )
-from pipeline.policy import backoff_s, is_last_attempt
+from pipeline.policy import DeliveryPolicy
 from pipeline.settings import Settings
 from pipeline.store import Store, audio_key
 from pipeline.subjects import INVALID_JOB, PRIORITIES, PRIORITY_BULK, PRIORITY_INTERACTIVE, TOKEN_RE, Names, event_msg_id
@@ -158,6 +158,7 @@ class SynthWorker:
         self._stopping = asyncio.Event()
         self._keys = _KeyLocks()
         self._rng = random.Random()
+        self.policy = DeliveryPolicy.from_settings(settings)
         self._ready = False
         self._reserved = 0  # slots held by idle pulls that may still deliver a message
         self._calling = 0  # messages started and not yet answered by the model server
@@ -339,6 +340,12 @@ class SynthWorker:
             slot.release()
             await self._reject_invalid(msg, attempt, exc)
             return
+        age_s = bus.message_age_s(msg)
+        if self.policy.too_old(age_s):
+            slot.release()
+            await self._fail(msg, request, attempt, "max_age",
+                             Permanent(f"request is {age_s:.0f} s old (limit {self.policy.max_age_s:.0f} s)"))
+            return
         keepalive = asyncio.create_task(self._keepalive(msg))
         try:
             await self._process(msg, request, attempt, priority, slot)
@@ -349,10 +356,11 @@ class SynthWorker:
         except Permanent as exc:
             await self._fail(msg, request, attempt, "permanent", exc)
         except Exception as exc:  # Retryable, or a bug: both deserve another delivery
-            if is_last_attempt(attempt, self.settings.max_deliver):
-                await self._fail(msg, request, attempt, "max_deliver", exc)
+            verdict = self.policy.after_failure(attempt, age_s, self._rng)
+            if not verdict.retry:
+                await self._fail(msg, request, attempt, verdict.reason, exc)
             else:
-                delay_s = backoff_s(attempt, self.settings.retry_base_delay_s, self.settings.retry_max_delay_s, self._rng)
+                delay_s = verdict.delay_s
                 self.stats.retried += 1
                 log_fn = log.warning if isinstance(exc, Retryable) else log.exception
                 log_fn("synth.retry", job=request.job_id, chunk=request.chunk_id, attempt=attempt,

@@ -287,3 +287,17 @@ async def test_worker_stops_pulling_while_every_backend_is_down(sims, harness):
         # Not taken, so no delivery attempt was burnt while nothing could serve it.
         assert info.num_pending == 1 and info.delivered.stream_seq == 0
         assert waiter.order == []
+
+
+async def test_requests_older_than_the_age_limit_are_dead_lettered(sims, harness):
+    sim = sims()
+    h = await harness(backend_urls=[sim.url], max_message_age_s=1.0)
+    stale = SynthRequest(job_id="stale", chunk_id="0", text="Nobody waits for this any more.")
+    async with h.waiter("stale") as waiter:
+        await publish_synth(h.js, h.names, stale, "bulk")
+        await asyncio.sleep(1.5)  # queued with no worker for longer than the limit
+        await h.start_worker()
+        (outcome,) = await waiter.wait_count(1, timeout_s=20)
+    assert isinstance(outcome, ChunkFailed) and outcome.reason == "max_age"
+    assert sim_stats(sim)["calls"] == 0
+    assert [d.reason for d in await read_dlq(h)] == ["max_age"]

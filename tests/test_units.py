@@ -133,3 +133,17 @@ async def test_backend_ejection_and_restore(sims):
         with pytest.raises(BackendRetryable):
             await client.synthesize(SynthRequest(job_id="j", chunk_id="1", text="Hello there."))
         assert client.all_down()  # a refused connection ejects at once
+
+
+def test_delivery_policy_limits_attempts_and_age():
+    from pipeline.policy import DeliveryPolicy
+
+    rng = random.Random(7)
+    policy = DeliveryPolicy(max_deliver=3, base_delay_s=1.0, max_delay_s=10.0, max_age_s=60.0)
+    first = policy.after_failure(1, age_s=0.0, rng=rng)
+    assert first.retry and 0.5 <= first.delay_s <= 1.0
+    assert policy.after_failure(3, age_s=0.0, rng=rng).reason == "max_deliver"
+    assert policy.after_failure(2, age_s=59.5, rng=rng).reason == "max_age"  # the retry would end too late
+    assert policy.too_old(61.0) and not policy.too_old(59.0)
+    unlimited = DeliveryPolicy(max_deliver=5, base_delay_s=1.0, max_delay_s=10.0)
+    assert unlimited.after_failure(2, age_s=10**6, rng=rng).retry and not unlimited.too_old(10**9)
