@@ -60,5 +60,8 @@ def install_stop_signals(stop) -> None:
 
 async def run_synth_worker(settings: Settings) -> None:
     async with synth_worker(settings) as worker:
+        if settings.worker_metrics_port:
+            worker.metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port)
+            log.info("synth.metrics", url=f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}/metrics")
         install_stop_signals(worker.stop)
         await worker.run()

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     poll_s: float = Field(default=0.2, gt=0)
     drain_timeout_s: float = 30.0
     heartbeat_s: float = Field(default=5.0, gt=0)
+    # Prometheus metrics of a `worker synth` process on this port; 0 = none.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
     worker_name: str = ""
 
     # --- audio checks ---

@@ -43,6 +43,7 @@ from pipeline.messages import (
     BackendStatus, ChunkDone, ChunkFailed, ChunkTimings, DeadLetter, SynthRequest, WorkerHeartbeat,
 )
 from pipeline.policy import DeliveryPolicy
+from pipeline.worker_metrics import WorkerMetrics
 from pipeline.settings import Settings
 from pipeline.store import Store, audio_key
 from pipeline.subjects import INVALID_JOB, PRIORITIES, PRIORITY_BULK, PRIORITY_INTERACTIVE, TOKEN_RE, Names, event_msg_id
@@ -159,6 +160,7 @@ class SynthWorker:
         self._keys = _KeyLocks()
         self._rng = random.Random()
         self.policy = DeliveryPolicy.from_settings(settings)
+        self.metrics = WorkerMetrics(self)
         self._ready = False
         self._reserved = 0  # slots held by idle pulls that may still deliver a message
         self._calling = 0  # messages started and not yet answered by the model server
@@ -396,6 +398,7 @@ class SynthWorker:
                 checked, answer, wer, takes = await self._synthesize_checked(request)
                 slot.release()
                 synth_s = time.perf_counter() - t0
+                self.metrics.synth_seconds.observe(synth_s)
                 backend_url = answer.url
                 repairs = answer.wav.repairs
                 engine_note = answer.headers.get(ENGINE_NOTE_HEADER) or None

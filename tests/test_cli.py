@@ -154,3 +154,24 @@ def test_demo_runs_the_main_job_and_prints_where_the_audio_landed(tmp_path: Path
     files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
     assert files == ["000-the-pipeline.wav", "001-nothing-lost.wav", "manifest.json"], files
     assert "s3://" in result.stdout and str(tmp_path) in result.stdout
+
+
+async def test_worker_serves_prometheus_metrics(sims, harness):
+    sim = sims()
+    h = await harness(backend_urls=[sim.url])
+    port = free_port()
+    proc = subprocess.Popen(CLI + ["worker", "synth"], env=env_for(h.settings, TTS_WORKER_METRICS_PORT=str(port)),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with h.waiter("metrics") as waiter:
+            await publish_synth(h.js, h.names, requests_for("metrics", 1)[0], "bulk")
+            await waiter.wait_count(1, timeout_s=30)
+        text = (await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/metrics", timeout=5)).text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 30)
+    import re
+
+    assert re.search(r'tts_worker_chunks_total\{[^}]*outcome="synthesized"[^}]*\} 1\.0', text), text
+    assert "tts_worker_synth_seconds_count 1.0" in text
+    assert f'backend="{sim.url}"' in text
