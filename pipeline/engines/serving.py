@@ -216,6 +216,12 @@ class BackgroundServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
+    def make_server(self) -> uvicorn.Server:
+        """The uvicorn server to run; subclasses may return one with their own shutdown."""
+        return uvicorn.Server(uvicorn.Config(
+            self.app, log_level="warning", access_log=False, timeout_graceful_shutdown=2,
+        ))
+
     def start(self) -> "BackgroundServer":
         # Binding here, not in uvicorn, gives a free port with no race.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -223,9 +229,7 @@ class BackgroundServer:
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         self.url = f"http://{self.host}:{self.port}"
-        self._server = uvicorn.Server(uvicorn.Config(
-            self.app, log_level="warning", access_log=False, timeout_graceful_shutdown=2,
-        ))
+        self._server = self.make_server()
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name=f"{self.name}-{self.port}", daemon=True)
         self._thread.start()

@@ -35,8 +35,6 @@ import hashlib
 import json
 import math
 import random
-import socket
-import threading
 import time
 import uuid
 from collections import deque
@@ -53,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.engines import simaudio
 from pipeline.engines.serving import (
-    ChatRequest, RequestError, SpeechRequest, check_chat_audio, check_model,
+    BackgroundServer, ChatRequest, RequestError, SpeechRequest, check_chat_audio, check_model,
     describe, error_response, estimate_prompt_tokens, models_body, parse, reference_audio,
     response_for, speech_prompt_tokens, target_text, text_of, token_limit,
 )
@@ -531,7 +529,7 @@ class _Uvicorn(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
-class SimServer:
+class SimServer(BackgroundServer):
     """The stand-in under uvicorn in a background thread, on 127.0.0.1.
 
     `start()` returns once /health answers; `url` is then set. `stop()` answers
@@ -543,44 +541,14 @@ class SimServer:
         start_timeout_s: float = 10.0,
     ) -> None:
         self.config = config or SimConfig()
-        self.host, self.port = host, port
-        self.start_timeout_s = start_timeout_s
-        self.url = ""
-        self._server: _Uvicorn | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(create_app(self.config), host=host, port=port, start_timeout_s=start_timeout_s,
+                         name="sim engine")
 
-    def start(self) -> SimServer:
-        # Binding here, not in uvicorn, gives a free port with no race.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        self.url = f"http://{self.host}:{self.port}"
-        self._server = _Uvicorn(create_app(self.config))
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]},
-            name=f"sim-engine-{self.port}", daemon=True,
-        )
-        self._thread.start()
-        deadline = time.monotonic() + self.start_timeout_s
-        with httpx.Client(trust_env=False, timeout=1.0) as client:
-            while time.monotonic() < deadline and self._thread.is_alive():
-                with suppress(httpx.HTTPError):
-                    if client.get(f"{self.url}/health").status_code == 200:
-                        return self
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"sim engine did not become healthy at {self.url}")
+    def make_server(self) -> uvicorn.Server:
+        return _Uvicorn(self.app)
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(timeout_s)
-        self._server = self._thread = None
+        super().stop(timeout_s)
 
     def stats(self) -> dict[str, Any]:
         """GET /sim/stats."""
