@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.subjects import check_token
 
@@ -24,6 +24,11 @@ DEFAULT_SCENE_PROMPT = (
 DEFAULT_REFERENCE_TEXT = "Please speak naturally."
 # Presets configured in the bosonai/higgs-audio-vllm image (reference/higgs-vllm-api.md §5).
 HIGGS_PRESET_VOICES = ("belinda", "broom_salesman", "chadwick", "en_man", "en_woman", "mabel", "vex", "zh_man_sichuan")
+
+
+# Ids that become subject tokens and parts of object keys; voice names that become file names.
+Token = Annotated[str, AfterValidator(check_token)]
+VoiceName = Annotated[str, Field(max_length=64), AfterValidator(lambda value: check_token(value, "voice"))]
 
 
 class _Message(BaseModel):
@@ -67,10 +72,10 @@ class SynthRequest(_Message):
     `audio_digest()` names the audio (same inputs -> same key -> one synthesis).
     """
 
-    job_id: str
-    chunk_id: str
+    job_id: Token
+    chunk_id: Token
     text: str = Field(min_length=1, max_length=20_000)
-    voice: str | None = Field(default=None, max_length=64)
+    voice: VoiceName | None = None
     reference: Reference | None = None
     system_prompt: str | None = Field(default=None, max_length=10_000)
     sampling: Sampling = Sampling()
@@ -82,23 +87,11 @@ class SynthRequest(_Message):
     index: int | None = None
     reply_tag: str | None = Field(default=None, max_length=128)
 
-    @field_validator("job_id", "chunk_id")
-    @classmethod
-    def _token(cls, value: str) -> str:
-        return check_token(value)
-
     @field_validator("text")
     @classmethod
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("text cannot be empty")
-        return value
-
-    @field_validator("voice")
-    @classmethod
-    def _voice_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_token(value, "voice")
         return value
 
     @model_validator(mode="after")
@@ -226,28 +219,16 @@ class ChapterSubmit(_Message):
     (voice consistency); the seed defaults to one derived from the job id.
     """
 
-    job_id: str
+    job_id: Token
     chapter: int = Field(ge=0, le=9999)
     total_chapters: int = Field(ge=1, le=10000)
     title: str = Field(default="", max_length=500)
     text: str = Field(max_length=900_000)  # NATS caps a message at 1 MiB
-    voice: str | None = Field(default=None, max_length=64)
+    voice: VoiceName | None = None
     reference: Reference | None = None
     system_prompt: str | None = Field(default=None, max_length=10_000)
     sampling: Sampling = Sampling()
     format: AudioFormat = "wav"
-
-    @field_validator("job_id")
-    @classmethod
-    def _token(cls, value: str) -> str:
-        return check_token(value)
-
-    @field_validator("voice")
-    @classmethod
-    def _voice_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_token(value, "voice")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChapterSubmit":
