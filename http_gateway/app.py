@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from pipeline.settings import Settings
 
-from http_gateway import ops, routes
+from http_gateway import jobs, ops, routes
 from http_gateway.errors import GatewayError
 from http_gateway.middleware import GatewayMiddleware, request_id_of
 from http_gateway.service import Gateway
@@ -26,7 +26,8 @@ log = structlog.get_logger("http_gateway.app")
 
 DESCRIPTION = """\
 Text to speech over the pipeline's bus. `POST /generate` keeps the original proxy's contract;
-`POST /v1/audio/speech` is OpenAI-compatible. Every request becomes a synth request on NATS
+`POST /v1/audio/speech` is OpenAI-compatible; `POST /jobs` takes whole books as chapters, with
+`GET /jobs/{id}` and a progress stream. Every request becomes a synth request on NATS
 JetStream; workers call the model servers and store the audio.
 """
 
@@ -51,9 +52,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.gateway = gateway
     app.include_router(routes.router)
     app.include_router(ops.router)
+    app.include_router(jobs.router)
     app.add_middleware(
         GatewayMiddleware, api_key=settings.gateway_api_key, max_body_bytes=settings.gateway_max_body_bytes,
-        metrics=gateway.metrics, route_paths=_paths(app, routes.router, ops.router),
+        metrics=gateway.metrics, route_paths=_paths(app, routes.router, ops.router, jobs.router),
     )
 
     @app.exception_handler(GatewayError)

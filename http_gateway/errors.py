@@ -29,6 +29,12 @@ class NotFound(GatewayError):
     status = 404
 
 
+class Conflict(GatewayError):
+    """The request contradicts what exists (a job id already used with another chapter count)."""
+
+    status = 409
+
+
 class TooLarge(GatewayError):
     """Over a configured limit: text length, batch length, reference size or duration, body."""
 

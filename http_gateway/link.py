@@ -39,6 +39,7 @@ class Link:
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self.kv = None
+        self.jobs_kv = None
         self.store: Store | None = None
         self._bus_ready = False
         self._task: asyncio.Task | None = None
@@ -76,6 +77,7 @@ class Link:
             if not self._bus_ready:
                 await bus.ensure_streams(self.js, self.settings, self.names)
                 self.kv = await bus.workers_kv(self.js, self.names)
+                self.jobs_kv = await bus.jobs_kv(self.js, self.names)
                 await self.router.start(self.nc)
                 self._bus_ready = True
             if self.store is None:
@@ -96,6 +98,11 @@ class Link:
         if not self.bus_up:
             raise Unavailable("message bus unavailable")
         return self.js
+
+    def require_jobs(self):
+        """The `tts_jobs` KV bucket, or 503 while the bus is away."""
+        self.require_bus()
+        return self.jobs_kv
 
     def require_store(self) -> Store:
         if self.store is None:

@@ -14,7 +14,7 @@ from pipeline.messages import WorkerHeartbeat
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
-_OUTCOMES = {200: "ok", 400: "bad_request", 401: "unauthorized", 404: "not_found", 413: "too_large",
+_OUTCOMES = {200: "ok", 400: "bad_request", 401: "unauthorized", 404: "not_found", 409: "conflict", 413: "too_large",
              422: "invalid", 502: "failed", 503: "unavailable", 504: "timeout"}
 
 
@@ -36,6 +36,10 @@ class GatewayMetrics:
         self.syntheses = Counter("tts_gateway_syntheses", "syntheses by outcome (done, failed, timeout, unavailable)",
                                  ["outcome"], registry=r)
         self.cache_hits = Counter("tts_gateway_cache_hits", "syntheses answered from stored audio", registry=r)
+        self.jobs_submitted = Counter("tts_gateway_jobs_submitted", "jobs accepted by POST /jobs", registry=r)
+        self.job_chapters_submitted = Counter("tts_gateway_job_chapters_submitted",
+                                              "chapters published by POST /jobs", registry=r)
+        self.event_streams = Gauge("tts_gateway_event_streams", "open GET /jobs/{id}/events streams", registry=r)
         self.queue_depth = Gauge("tts_queue_depth", "synth messages pending or in progress per consumer",
                                  ["consumer"], registry=r)
         self.workers_alive = Gauge("tts_workers_alive", "workers with a live heartbeat", registry=r)

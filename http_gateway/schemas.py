@@ -7,9 +7,12 @@ out-of-range value is a 422), plus `voice`. The ranges are the original's, narro
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from pipeline.messages import Sampling
+from pipeline.subjects import TOKEN_RE
 
 # The OpenAI speech voices. They are not presets of ours: the speech route maps them to the
 # default voice so that `openai` SDK code written for OpenAI works unchanged.
@@ -51,3 +54,26 @@ class SpeechRequest(SamplingFields):
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     instructions: str | None = None
     stream_format: str = "audio"
+
+
+class JobChapter(BaseModel):
+    title: str = Field(default="", max_length=500)
+    # No max_length here: a chapter over the bus limit is a 413 (checked by the route), not a 422.
+    text: str
+
+
+class JobRequest(SamplingFields):
+    """`POST /jobs`: a book or any long text set, as chapters. Every chapter gets the same voice,
+    format, scene prompt, sampling and seed (the seed defaults to one derived from the job id)."""
+
+    job_id: str | None = Field(default=None, pattern=TOKEN_RE.pattern,
+                               description="1-64 of A-Za-z0-9_-; default: from `title` plus random hex")
+    title: str | None = Field(default=None, max_length=500, description="names the job id when none is given")
+    chapters: list[JobChapter]
+    voice: str | None = Field(default=None, description="a preset voice name (GET /v1/audio/voices)")
+    system_prompt: str | None = Field(default=None, max_length=10_000)
+    format: Literal["wav", "flac", "mp3"] = "wav"
+    seed: int | None = None
+
+    def sampling(self) -> Sampling:
+        return super().sampling().model_copy(update={"seed": self.seed})

@@ -87,7 +87,7 @@ class Gateway:
         if len(ask.text) > limit:
             raise TooLarge(f"Text is {len(ask.text)} characters; the limit per request is {limit}. "
                            "Send longer texts to the jobs API (POST /jobs), which splits them into chunks.")
-        voice = await self._resolve_voice(ask.voice, ask.openai_voices)
+        voice = await self.resolve_voice(ask.voice, ask.openai_voices)
         reference = None
         if ask.reference_b64:
             if voice:
@@ -103,7 +103,8 @@ class Gateway:
             where = ".".join(str(p) for p in first.get("loc", ())) or "request"
             raise BadInput(f"{where}: {first.get('msg')}") from None
 
-    async def _resolve_voice(self, voice: str | None, openai_voices: bool) -> str | None:
+    async def resolve_voice(self, voice: str | None, openai_voices: bool = False) -> str | None:
+        """`voice` when it is a known preset (None for none); `NotFound` listing the known ones."""
         if not voice:
             return None
         known = await self.observer.voices()

@@ -274,26 +274,3 @@ def build_broker(settings: Settings, box: list) -> NatsBroker:
             await msg.nack(delay=backoff_s(attempt, settings.retry_base_delay_s, settings.retry_max_delay_s))
 
     return broker
-
-
-async def run_assembler(settings: Settings) -> None:
-    from pipeline.runtime import install_stop_signals, open_store
-
-    names = Names(settings.namespace)
-    nc = await bus.connect(settings, name="tts-assemble")
-    store = await open_store(settings)
-    try:
-        js = nc.jetstream()
-        await bus.ensure_streams(js, settings, names)
-        box: list = [Assembler(settings, js, store, names)]
-        broker = build_broker(settings, box)
-        stop = asyncio.Event()
-        install_stop_signals(stop.set)
-        await broker.start()
-        log.info("assembler.started")
-        await stop.wait()
-        await box[0].drain(settings.drain_timeout_s)  # chapters being built finish and ack first
-        await broker.stop()
-    finally:
-        store.close()
-        await nc.drain()

@@ -8,6 +8,8 @@
     tts-pipeline voices sync             upload voice_presets/ to voices/ in the bucket
     tts-pipeline say TEXT                synthesise one text through the bus, save the WAV
     tts-pipeline gateway                 the HTTP gateway (/generate, /v1/audio/speech) on port 8888
+    tts-pipeline dlq list|show|replay    inspect dead letters and re-drive them
+    tts-pipeline bench [-n 10 -c 5]      the original benchmark against the gateway, a model server or the bus
 
 Errors a user can fix (a server not reachable, bad arguments) print one line and exit 1.
 """
@@ -39,13 +41,18 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     if args.max_in_flight:
         settings = settings.model_copy(update={"max_in_flight": args.max_in_flight})
     logs.configure(settings.log_level, settings.log_json)
+    from pipeline import runtime
+
     if args.kind == "synth":
-        from pipeline.runtime import run_synth_worker as run
+        asyncio.run(runtime.run_synth_worker(settings))
     elif args.kind == "ingest":
-        from pipeline.ingest import run_ingest_worker as run
+        from pipeline import ingest
+
+        asyncio.run(runtime.run_broker_service(settings, "ingest", ingest.Ingestor, ingest.build_broker))
     else:
-        from pipeline.assembler import run_assembler as run
-    asyncio.run(run(settings))
+        from pipeline import assembler
+
+        asyncio.run(runtime.run_broker_service(settings, "assemble", assembler.Assembler, assembler.build_broker))
     return 0
 
 
@@ -124,6 +131,33 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    from pipeline import dlq_cli
+
+    settings = _settings()
+    logs.configure("warning", settings.log_json)
+    if args.action == "list":
+        return asyncio.run(dlq_cli.list_letters(settings, args.json, args.limit))
+    if args.action == "show":
+        if len(args.seq) != 1:
+            raise StartupError("dlq show takes one SEQ")
+        return asyncio.run(dlq_cli.show_letter(settings, args.seq[0]))
+    return asyncio.run(dlq_cli.replay_letters(settings, args.seq, args.all, args.keep))
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline import bench
+
+    settings = _settings()
+    logs.configure("warning", settings.log_json)
+    options = bench.BenchOptions(
+        requests=args.requests, concurrent=args.concurrent, target=args.target, url=args.url,
+        texts=bench.read_texts(args.texts) if args.texts else bench.TEXTS, priority=args.priority,
+        timeout_s=args.timeout_s, fresh=not args.allow_cache, gpu_log=args.gpu_log,
+    )
+    return bench.main(settings, options, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tts-pipeline", description="High-throughput TTS over NATS JetStream and S3.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +226,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="bind address (default: TTS_GATEWAY_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="bind port (default: TTS_GATEWAY_PORT, 8888)")
     p.set_defaults(func=_cmd_gateway)
+
+    p = sub.add_parser("dlq", help="dead letters: list, show SEQ, replay SEQ... or replay --all")
+    p.add_argument("action", choices=["list", "show", "replay"])
+    p.add_argument("seq", nargs="*", type=int, help="sequence numbers in TTS_DLQ (see `dlq list`)")
+    p.add_argument("--all", action="store_true", help="replay: every dead letter")
+    p.add_argument("--keep", action="store_true", help="replay: keep the letters in TTS_DLQ")
+    p.add_argument("--json", action="store_true", help="list: JSON instead of a table")
+    p.add_argument("--limit", type=int, default=None, help="list: at most this many, oldest first")
+    p.set_defaults(func=_cmd_dlq)
+
+    p = sub.add_parser("bench", help="the original benchmark: N requests, C at a time, against gateway, backend or bus")
+    p.add_argument("-n", "--requests", type=int, default=10, help="requests to send (default: 10)")
+    p.add_argument("-c", "--concurrent", type=int, default=5, help="requests in flight at once (default: 5)")
+    p.add_argument("--url", default=None, help="gateway (default http://localhost:8888) or model server "
+                   "(default: the first TTS_BACKEND_URLS); the bus target uses TTS_NATS_URL")
+    p.add_argument("--target", choices=["gateway", "backend", "bus"], default="gateway")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--texts", default=None, help="a UTF-8 file of texts, one per line (default: eight built-in)")
+    p.add_argument("--gpu-log", default=None, help="a monitor_gpu.sh CSV to summarise over the run's time window")
+    p.add_argument("--priority", choices=["interactive", "bulk"], default="bulk", help="bus target: the queue")
+    p.add_argument("--timeout-s", type=float, default=120.0, help="per request (default: 120, the original's)")
+    p.add_argument("--allow-cache", action="store_true",
+                   help="send repeated texts unchanged (default: every request is fresh synthesis)")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

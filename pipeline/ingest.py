@@ -189,25 +189,3 @@ def build_broker(settings: Settings, ingestor_box: list) -> NatsBroker:
         await msg.ack()
 
     return broker
-
-
-async def run_ingest_worker(settings: Settings) -> None:
-    from pipeline.runtime import install_stop_signals, open_store
-
-    names = Names(settings.namespace)
-    nc = await bus.connect(settings, name="tts-ingest")  # checks NATS is there; streams
-    store = await open_store(settings)
-    try:
-        js = nc.jetstream()
-        await bus.ensure_streams(js, settings, names)
-        box: list = [Ingestor(settings, js, store, names)]
-        broker = build_broker(settings, box)
-        stop = asyncio.Event()
-        install_stop_signals(stop.set)
-        await broker.start()
-        log.info("ingest.started")
-        await stop.wait()
-        await broker.stop()
-    finally:
-        store.close()
-        await nc.drain()

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 import time
-import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from pipeline import bus, jobs
+from pipeline import bus, jobs, jobs_api
 from pipeline.errors import StartupError
 from pipeline.messages import ChapterSubmit
 from pipeline.settings import Settings
@@ -43,20 +41,14 @@ async def connection(settings: Settings, name: str):
 
 
 def default_job_id(path: Path) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem).strip("-")[:40] or "job"
-    return f"{stem}-{uuid.uuid4().hex[:6]}"
+    return jobs_api.default_job_id(path.stem)
 
 
 def build_submits(chapters, job_id: str, voice: str | None, fmt: str) -> list[ChapterSubmit]:
     try:
-        return [
-            ChapterSubmit(job_id=job_id, chapter=i, total_chapters=len(chapters), title=c.title, text=c.text,
-                          voice=voice, format=fmt)
-            for i, c in enumerate(chapters)
-        ]
-    except ValueError as exc:
-        first = exc.errors()[0] if hasattr(exc, "errors") else {"msg": str(exc), "loc": ()}
-        raise StartupError(f"cannot submit: {'.'.join(map(str, first.get('loc', ())))}: {first['msg']}") from None
+        return jobs_api.build_submits(chapters, job_id, voice=voice, fmt=fmt)
+    except jobs_api.JobInputError as exc:
+        raise StartupError(f"cannot submit: {exc}") from None
 
 
 async def submit(settings: Settings, file: str, voice: str | None, fmt: str, job_id: str | None, wait: bool) -> int:
@@ -73,8 +65,11 @@ async def submit(settings: Settings, file: str, voice: str | None, fmt: str, job
     submits = build_submits(chapters, job_id, voice, fmt)
     names = Names(settings.namespace)
     async with connection(settings, "tts-submit") as (js, store, kv):
-        for s in submits:
-            await bus.publish_json(js, names.chapters_submit, s.to_bytes(), f"chapter:{job_id}:{s.chapter}")
+        try:
+            await jobs_api.register_job(kv, submits)
+        except jobs_api.JobConflict as exc:
+            raise StartupError(str(exc)) from None
+        await jobs_api.publish_chapters(js, names, submits)
         print(f"job {job_id}: {len(submits)} chapters submitted", flush=True)
         if not wait:
             return 0
@@ -89,13 +84,8 @@ async def follow(kv, job_id: str, chapters_total: int) -> int:
     bars: dict[int, tqdm] = {}
     try:
         while True:
-            job = await jobs.read(kv, jobs.job_key(job_id), jobs.JobState)
-            states = []
-            if job is not None:
-                for chapter in sorted(int(c) for c in job.chapters):
-                    state = await jobs.read(kv, jobs.chapter_key(job_id, chapter), jobs.ChapterState)
-                    if state is not None:
-                        states.append(state)
+            view = await jobs_api.read_job(kv, job_id)
+            job, states = (view.job, view.chapters) if view is not None else (None, [])
             for state in states:
                 bar = bars.get(state.chapter)
                 if bar is None:
@@ -134,16 +124,14 @@ async def follow(kv, job_id: str, chapters_total: int) -> int:
 
 async def status(settings: Settings, job_id: str, as_json: bool) -> int:
     async with connection(settings, "tts-status") as (js, store, kv):
-        job = await jobs.read(kv, jobs.job_key(job_id), jobs.JobState)
-        if job is None:
+        view = await jobs_api.read_job(kv, job_id)
+        if view is None:
             raise StartupError(f"no job {job_id!r}")
-        states = [s for c in sorted(int(c) for c in job.chapters)
-                  if (s := await jobs.read(kv, jobs.chapter_key(job_id, c), jobs.ChapterState)) is not None]
+    job, states = view.job, view.chapters
     if as_json:
         print(json.dumps({"job": job.model_dump(), "chapters": [s.model_dump() for s in states]}, indent=1))
         return 0
-    state = "done" if job.finished_at else ("failed" if job.chapters_failed else "running")
-    print(f"job {job_id}: {state}, {job.chapters_done}/{job.total_chapters} chapters, format {job.format}")
+    print(f"job {job_id}: {view.status}, {job.chapters_done}/{job.total_chapters} chapters, format {job.format}")
     for s in states:
         print(f"  {s.chapter:>4}  {s.status:<10} {len(s.done):>5}/{s.chunks_total:<5} chunks  "
               f"{s.audio_s_done / 60:6.1f} min  {s.title[:40]}")

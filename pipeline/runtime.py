@@ -12,6 +12,7 @@ from pipeline import bus
 from pipeline.backend import HiggsClient
 from pipeline.deadletter import DeadLetterWatcher
 from pipeline.settings import Settings
+from pipeline.subjects import Names
 from pipeline.store import Store
 from pipeline.synth import SynthWorker
 
@@ -65,3 +66,35 @@ async def run_synth_worker(settings: Settings) -> None:
             log.info("synth.metrics", url=f"http://{settings.worker_metrics_host}:{settings.worker_metrics_port}/metrics")
         install_stop_signals(worker.stop)
         await worker.run()
+
+
+async def run_broker_service(settings: Settings, name: str, make_service, build_broker) -> None:
+    """Run a faststream service (ingest, assembler) until SIGTERM/SIGINT.
+
+    `make_service(settings, js, store, names)` builds the handler object, `build_broker(settings,
+    [service])` its broker. On a signal: stop pulling after the service drained (when it has a
+    `drain(timeout_s)`: e.g. chapters being built finish and ack first), then close everything.
+    """
+    names = Names(settings.namespace)
+    nc = await bus.connect(settings, name=f"tts-{name}")
+    store = None
+    try:
+        store = await open_store(settings)
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings, names)
+        service = make_service(settings, js, store, names)
+        broker = build_broker(settings, [service])
+        stop = asyncio.Event()
+        install_stop_signals(stop.set)
+        await broker.start()
+        log.info(f"{name}.started")
+        await stop.wait()
+        drain = getattr(service, "drain", None)
+        if drain is not None:
+            await drain(settings.drain_timeout_s)
+        await broker.stop()
+    finally:
+        if store is not None:
+            store.close()
+        with contextlib.suppress(Exception):
+            await nc.drain()

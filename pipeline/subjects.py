@@ -153,5 +153,10 @@ def synth_msg_id(job_id: str, chunk_id: str) -> str:
     return f"synth:{job_id}:{chunk_id}"
 
 
+def chapter_msg_id(job_id: str, chapter: int) -> str:
+    """The de-duplication id of a `ChapterSubmit` (CLI, gateway and `nats pub` examples alike)."""
+    return f"chapter:{job_id}:{chapter}"
+
+
 def event_msg_id(kind: str, job_id: str, chunk_id: str) -> str:
     return f"{kind}:{job_id}:{chunk_id}"
