@@ -32,6 +32,11 @@ from pipeline.subjects import PRIORITIES, Names
 log = structlog.get_logger("pipeline.bus")
 
 
+def servers(settings: Settings) -> list[str]:
+    """`TTS_NATS_URL` may list every node of a cluster, comma-separated."""
+    return [url.strip() for url in settings.nats_url.split(",") if url.strip()]
+
+
 def auth_options(settings: Settings) -> dict:
     """Credentials for nats-py (and faststream's broker, which passes them through)."""
     options: dict = {}
@@ -76,7 +81,7 @@ async def connect(settings: Settings, name: str) -> NATS:
     deadline_s = 2 * settings.nats_connect_timeout_s + 1.0
     try:
         nc = await asyncio.wait_for(nats.connect(
-            settings.nats_url,
+            servers(settings),
             name=name,
             connect_timeout=settings.nats_connect_timeout_s,
             allow_reconnect=True,

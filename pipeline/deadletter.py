@@ -12,7 +12,6 @@ queue group: each advisory is handled by one of them.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 
@@ -82,15 +81,10 @@ class DeadLetterWatcher:
         with contextlib.suppress(ValidationError, ValueError):
             request = SynthRequest.from_bytes(data)
             job_id, chunk_id = request.job_id, request.chunk_id
-        try:
-            payload, encoding = data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            payload, encoding = base64.b64encode(data).decode(), "base64"
         reason = "max_deliver"
         error = f"no outcome after {deliveries} deliveries (worker killed or hung on every attempt)"
         letter = DeadLetter(source_subject=original.subject, stream_seq=seq, reason=reason, error=error,
-                            attempts=deliveries, job_id=job_id, chunk_id=chunk_id, payload=payload,
-                            payload_encoding=encoding)
+                            attempts=deliveries, job_id=job_id, chunk_id=chunk_id, **DeadLetter.encode_payload(data))
         await bus.publish_json(self.js, self.names.dlq(original.subject), letter.to_bytes(), dead_letter_id(stream, seq))
         if request is not None:
             failed = ChunkFailed(job_id=request.job_id, chunk_id=request.chunk_id, reason=reason, error=error,

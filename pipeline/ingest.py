@@ -11,7 +11,6 @@ at once as cached, and a chapter already assembled is skipped.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 
@@ -115,12 +114,8 @@ class Ingestor:
     async def reject(self, msg_subject: str, data: bytes, seq: int | None, attempts: int, exc: ChapterRejected) -> None:
         """Failed event + dead letter for a chapter that cannot be ingested."""
         failed = ChapterFailed(job_id=exc.job_id, chapter=exc.chapter, reason=exc.reason, error=exc.error)
-        try:
-            payload, encoding = data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            payload, encoding = base64.b64encode(data).decode(), "base64"
         letter = DeadLetter(source_subject=msg_subject, stream_seq=seq, reason=exc.reason, error=exc.error,
-                            attempts=attempts, job_id=exc.job_id, payload=payload, payload_encoding=encoding)
+                            attempts=attempts, job_id=exc.job_id, **DeadLetter.encode_payload(data))
         await bus.publish_json(self.js, self.names.dlq(msg_subject), letter.to_bytes(),
                                f"dlq:{self.names.chapters_stream}:{seq}" if seq else None)
         await bus.publish_json(self.js, self.names.chapter_failed(exc.job_id), failed.to_bytes())
@@ -147,7 +142,7 @@ def build_broker(settings: Settings, ingestor_box: list) -> NatsBroker:
     """The faststream app: one durable pull subscriber with explicit (manual) acks."""
     names = Names(settings.namespace)
     policy = DeliveryPolicy.from_settings(settings)
-    broker = NatsBroker(settings.nats_url, logger=None, connect_timeout=settings.nats_connect_timeout_s,
+    broker = NatsBroker(bus.servers(settings), logger=None, connect_timeout=settings.nats_connect_timeout_s,
                         max_reconnect_attempts=-1, **bus.auth_options(settings))
 
     @broker.subscriber(

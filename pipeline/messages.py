@@ -6,6 +6,7 @@ Handlers take and return these models, never dicts.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from typing import Annotated, Literal
@@ -180,6 +181,22 @@ class DeadLetter(_Message):
     # The original payload, as text when it decodes as UTF-8 (it always fits: NATS caps at 1 MiB).
     payload: str
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    # A letter must fit in one NATS message (1 MiB): a larger payload keeps only its head.
+    payload_truncated: bool = False
+    payload_bytes: int | None = None
+
+    @staticmethod
+    def encode_payload(data: bytes, limit_bytes: int = 512 * 1024) -> dict:
+        """The payload fields for `data`: text when it is UTF-8, else base64; cut to `limit_bytes`
+        of the original (the letter then says so and cannot be replayed)."""
+        truncated = len(data) > limit_bytes
+        head = data[:limit_bytes]
+        try:
+            payload, encoding = head.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(head).decode(), "base64"
+        return {"payload": payload, "payload_encoding": encoding, "payload_truncated": truncated,
+                "payload_bytes": len(data)}
 
 
 class BackendStatus(BaseModel):

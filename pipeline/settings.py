@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     s3_max_threads: int = Field(default=16, ge=1, le=256)
     s3_timeout_s: float = 30.0
     s3_prefix: str = ""
+    # A worker keeps freshly synthesised audio and retries storing it in place this long while
+    # the store is away (and pauses pulling until the bucket answers again).
+    store_retry_s: float = Field(default=60.0, ge=0)
 
     # --- model servers ---
     backend_urls: Annotated[list[str], NoDecode] = Field(

@@ -108,6 +108,14 @@ class Store:
             if "BucketAlreadyOwnedByYou" not in str(exc) and "BucketAlreadyExists" not in str(exc):
                 raise StartupError(f"S3 at {self.settings.s3_endpoint_url}: cannot create bucket {self.bucket!r}: {exc}") from None
 
+    async def reachable(self) -> bool:
+        """True when the bucket answers (a cheap probe for pausing and resuming work)."""
+        try:
+            await self._run("head_bucket", self._client.head_bucket, Bucket=self.bucket)
+            return True
+        except Exception:
+            return False
+
     async def put(
         self, key: str, data: bytes, content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,

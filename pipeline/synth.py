@@ -20,7 +20,6 @@ interactive request sees on an idle worker.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import os
@@ -38,11 +37,11 @@ from pydantic import ValidationError
 from pipeline import bus
 from pipeline.audio import AudioBounds, CheckedAudio, check_answer, encode_wav, to_mono_int16
 from pipeline.backend import BackendAnswer, HiggsClient
-from pipeline.errors import Permanent, Retryable
+from pipeline.errors import Permanent, Retryable, StoreRetryable
 from pipeline.messages import (
     BackendStatus, ChunkDone, ChunkFailed, ChunkTimings, DeadLetter, SynthRequest, WorkerHeartbeat,
 )
-from pipeline.policy import DeliveryPolicy
+from pipeline.policy import DeliveryPolicy, backoff_s
 from pipeline.worker_metrics import WorkerMetrics
 from pipeline.settings import Settings
 from pipeline.store import Store, audio_key
@@ -164,6 +163,8 @@ class SynthWorker:
         self._ready = False
         self._reserved = 0  # slots held by idle pulls that may still deliver a message
         self._calling = 0  # messages started and not yet answered by the model server
+        self._store_down = asyncio.Event()
+        self._store_probe: asyncio.Task | None = None
         self._idle_waits: dict[str, asyncio.Task | None] = {}
 
     # ---------------------------------------------------------------- lifecycle
@@ -194,6 +195,8 @@ class SynthWorker:
         finally:
             await self._drain()
             heartbeat.cancel()
+            if self._store_probe is not None:
+                self._store_probe.cancel()
             with contextlib.suppress(Exception):
                 await (await bus.workers_kv(self.js, self.names)).delete(self.name)
             for puller in self._pullers.values():
@@ -240,10 +243,12 @@ class SynthWorker:
         limit = self.settings.max_in_flight
         paused = False
         while not self._stopping.is_set():
-            if self.client.all_down():
-                # Every model server is ejected: pulling now would only burn delivery attempts.
+            blocked = ("all model servers down" if self.client.all_down()
+                       else "object store unreachable" if self._store_down.is_set() else None)
+            if blocked:
+                # Pulling now would only burn delivery attempts on work that cannot finish.
                 if not paused:
-                    log.warning("synth.paused", reason="all model servers down", backends=self.client.urls)
+                    log.warning("synth.paused", reason=blocked, backends=self.client.urls)
                     paused = True
                 await asyncio.sleep(min(0.5, self.settings.poll_s))
                 continue
@@ -358,6 +363,8 @@ class SynthWorker:
         except Permanent as exc:
             await self._fail(msg, request, attempt, "permanent", exc)
         except Exception as exc:  # Retryable, or a bug: both deserve another delivery
+            if isinstance(exc, StoreRetryable):
+                self._store_suspect(exc)
             verdict = self.policy.after_failure(attempt, age_s, self._rng)
             if not verdict.retry:
                 await self._fail(msg, request, attempt, verdict.reason, exc)
@@ -412,7 +419,7 @@ class SynthWorker:
                 if wer is not None:
                     meta["wer"] = f"{wer:.4f}"
                 t0 = time.perf_counter()
-                await self.store.put(key, wav, "audio/wav", meta)
+                await self._put_keeping_the_audio(key, wav, meta)
                 store_s = time.perf_counter() - t0
         done = ChunkDone(
             job_id=request.job_id, chunk_id=request.chunk_id, key=key, duration_s=round(duration_s, 4),
@@ -433,6 +440,39 @@ class SynthWorker:
         log.info("synth.done", job=request.job_id, chunk=request.chunk_id, attempt=attempt, priority=priority,
                  cached=cached, duration_s=done.duration_s, synth_s=done.timings.synth_s, backend=backend_url,
                  repaired=repairs or None, wer=wer, takes=takes, engine_note=engine_note)
+
+    async def _put_keeping_the_audio(self, key: str, wav: bytes, meta: dict[str, str]) -> None:
+        """Store fresh audio, retrying in place for up to `store_retry_s` while the store is
+        away: the model's work is not thrown away (and redone) for an S3 hiccup."""
+        deadline = time.monotonic() + self.settings.store_retry_s
+        attempt = 0
+        while True:
+            try:
+                await self.store.put(key, wav, "audio/wav", meta)
+                return
+            except StoreRetryable as exc:
+                attempt += 1
+                self._store_suspect(exc)
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(min(backoff_s(attempt, 0.25, 4.0, self._rng), max(0.0, deadline - time.monotonic())))
+
+    def _store_suspect(self, exc: Exception) -> None:
+        """The store failed: pause pulling until a probe of the bucket answers again."""
+        if self._store_down.is_set():
+            return
+        self._store_down.set()
+        log.warning("synth.store_unreachable", error=str(exc)[:200])
+
+        async def probe() -> None:
+            while not self._stopping.is_set():
+                await asyncio.sleep(0.5)
+                if await self.store.reachable():
+                    log.info("synth.store_back")
+                    self._store_down.clear()
+                    return
+
+        self._store_probe = asyncio.create_task(probe())
 
     async def _synthesize_checked(self, request: SynthRequest) -> tuple[CheckedAudio, BackendAnswer, float | None, int]:
         """Audio for `request` that passed every check, canonical and trimmed: (audio, answer,
@@ -486,14 +526,9 @@ class SynthWorker:
 
     async def _dead_letter(self, msg: Msg, attempt: int, reason: str, error: str,
                            job_id: str | None, chunk_id: str | None) -> None:
-        try:
-            payload, encoding = msg.data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            payload, encoding = base64.b64encode(msg.data).decode(), "base64"
         seq = msg.metadata.sequence.stream if msg.metadata else None
         letter = DeadLetter(source_subject=msg.subject, stream_seq=seq, reason=reason, error=error,
-                            attempts=attempt, job_id=job_id, chunk_id=chunk_id, payload=payload,
-                            payload_encoding=encoding)
+                            attempts=attempt, job_id=job_id, chunk_id=chunk_id, **DeadLetter.encode_payload(msg.data))
         await bus.publish_json(self.js, self.names.dlq(msg.subject), letter.to_bytes(),
                                f"dlq:{self.names.synth_stream}:{seq}" if seq else None)
 

@@ -1,0 +1,99 @@
+"""Fault suite, HTTP: the gateway under a schema-driven fuzzer (schemathesis, its OpenAPI document).
+
+Every operation of `/openapi.json` gets examples that fit the schema and examples that break it
+(wrong types, missing fields, bytes that are no JSON), derandomised so a run is reproducible.
+The gateway runs with a real synth worker, stand-in and bus behind it, so valid requests really
+synthesise. Whatever is sent, the answer must not be a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis.errors import Unsatisfiable
+
+from tests.fault_fixtures import logs_to_this_test, observers, report, worker_procs  # noqa: F401 - fixtures
+from tests.gateway_fixtures import gateway  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.faults
+
+EXAMPLES_PER_MODE = 25  # per operation, once with valid and once with invalid data
+READ_LIMIT_BYTES = 300
+
+
+def fuzz(base_url: str, spec: dict, examples: int) -> dict:
+    """Send schemathesis' cases to every operation; statuses counted, 5xx answers kept."""
+    schema = schemathesis.openapi.from_dict(spec)
+    statuses: collections.Counter = collections.Counter()
+    per_operation: collections.Counter = collections.Counter()
+    server_errors: list[str] = []
+    unsendable = 0
+    with httpx.Client(trust_env=False, timeout=httpx.Timeout(30.0, connect=5.0)) as client:
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            for mode in schemathesis.GenerationMode:
+                @given(case=operation.as_strategy(mode))
+                @hypothesis_settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+                                     phases=[Phase.explicit, Phase.generate],
+                                     suppress_health_check=list(HealthCheck))
+                def send(case) -> None:
+                    nonlocal unsendable
+                    kwargs = case.as_transport_kwargs(base_url=base_url)
+                    body = {}
+                    if "json" in kwargs:
+                        body["json"] = kwargs["json"]
+                    elif isinstance(kwargs.get("data"), (bytes, str)):
+                        body["content"] = kwargs["data"]
+                    elif "data" in kwargs:
+                        body["data"] = kwargs["data"]
+                    try:
+                        # Streamed: an event stream (/jobs/{id}/events) never ends by itself.
+                        with client.stream(kwargs["method"], kwargs["url"], headers=kwargs.get("headers"),
+                                           params=kwargs.get("params") or None, **body) as response:
+                            statuses[response.status_code] += 1
+                            per_operation[operation.label] += 1
+                            if response.status_code >= 500:
+                                head = next(response.iter_bytes(READ_LIMIT_BYTES), b"")[:READ_LIMIT_BYTES]
+                                server_errors.append(f"{response.status_code} {kwargs['method']} {case.path} "
+                                                     f"({mode.value}): {head.decode(errors='replace')}")
+                    except (httpx.LocalProtocolError, UnicodeEncodeError, httpx.InvalidURL):
+                        unsendable += 1  # e.g. a header value HTTP cannot carry: never left the client
+
+                try:
+                    send()
+                except Unsatisfiable:  # nothing to break in an operation without inputs
+                    assert mode is schemathesis.GenerationMode.NEGATIVE, operation.label
+    return {"statuses": dict(sorted(statuses.items())), "server_errors": server_errors, "unsendable": unsendable,
+            "requests": sum(statuses.values()), "per_operation": dict(per_operation)}
+
+
+async def test_gateway_under_schemathesis_answers_no_5xx(sims, make_settings, gateway, worker_procs, observers):
+    sim = sims()
+    # Small limits keep each fuzzed synthesis short; the limits themselves are fuzzed too (413s).
+    settings = make_settings(backend_urls=[sim.url], heartbeat_s=0.5, gateway_max_text_chars=200,
+                             gateway_max_batch=4, gateway_request_timeout_s=30)
+    observer = await observers(settings)
+    worker_procs.start("synth", settings, "fuzz-worker")
+    await observer.wait_heartbeat("fuzz-worker", procs=worker_procs)
+    gw = gateway(settings)
+    async with httpx.AsyncClient(base_url=gw.url, timeout=10, trust_env=False) as client:
+        answer = await client.get("/openapi.json")
+        assert answer.status_code == 200, f"/openapi.json answered {answer.status_code}: {answer.text[:300]}"
+        spec = answer.json()
+    started = time.monotonic()
+    result = await asyncio.to_thread(fuzz, gw.url, spec, EXAMPLES_PER_MODE)
+    operations = sum(len(methods) for methods in spec["paths"].values())
+    report("8-gateway-fuzz", operations=operations, examples_per_operation_and_mode=EXAMPLES_PER_MODE,
+           requests=result["requests"], statuses=result["statuses"], server_errors=len(result["server_errors"]),
+           first_server_errors=result["server_errors"][:5], unsendable=result["unsendable"],
+           seconds=round(time.monotonic() - started, 1))
+    assert len(result["per_operation"]) == operations and min(result["per_operation"].values()) >= 1
+    assert any(200 <= s < 300 for s in result["statuses"]) and any(400 <= s < 500 for s in result["statuses"])
+    assert result["server_errors"] == [], "\n".join(result["server_errors"][:10])
