@@ -59,22 +59,27 @@ async def connect(settings: Settings, name: str) -> NATS:
     holder: list[NATS] = []
     first_errors: list[str] = []
 
+    # nats-py's reconnect loop runs these callbacks: they must never raise (a failing log call
+    # in one would stop the reconnects).
     async def on_error(exc: Exception) -> None:
         text = f"{type(exc).__name__}: {exc}".strip()
         if not holder:
             first_errors.append(text)  # reported once, in the StartupError
             return
         # Reconnect attempts fail here repeatedly while the server is away: one line each.
-        log.warning("nats.error", error=text)
+        with contextlib.suppress(Exception):
+            log.warning("nats.error", error=text)
 
     async def on_disconnect() -> None:
         # Also called on our own close/drain, which is not worth a warning.
         if holder and (holder[0].is_closed or holder[0].is_draining):
             return
-        log.warning("nats.disconnected", url=_redact(settings.nats_url))
+        with contextlib.suppress(Exception):
+            log.warning("nats.disconnected", url=_redact(settings.nats_url))
 
     async def on_reconnect() -> None:
-        log.info("nats.reconnected")
+        with contextlib.suppress(Exception):
+            log.info("nats.reconnected")
 
     # nats-py retries a first connect forever (whatever its reconnect options say), so the
     # first connect gets a deadline of its own.

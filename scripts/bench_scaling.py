@@ -173,11 +173,16 @@ async def wait_gateway(url: str, timeout_s: float = 60.0) -> None:
 
 
 async def interactive(lab: Lab, args) -> None:
+    for in_flight in args.interactive_in_flight:
+        await interactive_at(lab, args, in_flight)
+
+
+async def interactive_at(lab: Lab, args, in_flight: int) -> None:
     print(f"\nc) interactive under bulk load: stand-in {SLOTS} slots, {args.tokens_per_s:g} tokens/s; one worker, "
-          f"in-flight {SLOTS}; gateway /generate of a 6-word text (2.4 s), {args.interactive} requests 2 at a time; "
+          f"in-flight {in_flight}; gateway /generate of a 6-word text (2.4 s), {args.interactive} requests 2 at a time; "
           f"bulk job: {BULK_CHUNKS} chunks of the bench's eight texts (0.8-13 s); load {load_avg():.2f}", flush=True)
     engine = lab.engine(tokens_per_s=args.tokens_per_s)
-    s = lab.settings([engine.url], max_in_flight=SLOTS)
+    s = lab.settings([engine.url], max_in_flight=in_flight)
     port = free_port()
     children = lab.workers(s) + [lab.child(["gateway", "--port", str(port)], s)]
     url = f"http://127.0.0.1:{port}"
@@ -190,7 +195,7 @@ async def interactive(lab: Lab, args) -> None:
         idle = (await run_bench(s, ask)).summary()["latency_s"]
         bulk = asyncio.create_task(run_bench(s, BenchOptions(target="bus", requests=BULK_CHUNKS, concurrent=BULK_CHUNKS,
                                                              texts=TEXTS, timeout_s=3600)))
-        full = await wait_engine(engine, lambda st: st["active"] >= SLOTS, 30)
+        full = await wait_engine(engine, lambda st: st["active"] >= in_flight, 30)
         loaded = (await run_bench(s, ask)).summary()["latency_s"]
         nc = await bus.connect(s, "bench-purge")
         left = (await nc.jetstream().consumer_info(names.synth_stream, names.synth_consumer("bulk"))).num_pending
@@ -207,8 +212,16 @@ async def interactive(lab: Lab, args) -> None:
               f"{full}; bulk chunks still queued after: {left} | load {load_avg():.2f}", flush=True)
     lab.release(children)
     m = {k: median([r[k] for r in rows]) for k in rows[0]}
-    print(f"  c) medians: interactive p50 {m['loaded_p50']:.2f} s under the bulk job vs {m['idle_p50']:.2f} s idle = "
-          f"{m['ratio']:.2f}x (goal <= 1.5x)")
+    print(f"  c) medians, worker in-flight {in_flight}: interactive p50 {m['loaded_p50']:.2f} s under the bulk job vs "
+          f"{m['idle_p50']:.2f} s idle = {m['ratio']:.2f}x (goal <= 1.5x); a batch of {in_flight} is worth "
+          f"{batch_capacity(args.tokens_per_s, in_flight):.1f} audio s/s to the bulk job (the stand-in's formula; "
+          f"{batch_capacity(args.tokens_per_s, SLOTS):.1f} at {SLOTS})")
+
+
+def batch_capacity(tokens_per_s: float, batch: int, penalty: float = 0.02) -> float:
+    """Audio s/s of the stand-in's capacity model at `batch` sequences (its ideal at `batch` = slots)."""
+    return batch * tokens_per_s / (1 + penalty * (batch - 1)) / 25
+
 
 
 # ------------------------------------------------------------------------------ d)
@@ -388,6 +401,8 @@ def main() -> None:
     parser.add_argument("--jobs-tokens-per-s", type=float, default=50.0, help="e): stand-in per-stream speed")
     parser.add_argument("--saturation-waves", type=int, default=3, help="a), b): bulk job = waves x 32 texts")
     parser.add_argument("--interactive", type=int, default=8, help="c): interactive requests per measurement")
+    parser.add_argument("--interactive-in-flight", type=int, nargs="+", default=[SLOTS],
+                        help="c): worker in-flight values to measure (default: 32, the stand-in's slots)")
     parser.add_argument("--chunks", type=int, default=600, help="d): chunks per measurement")
     parser.add_argument("--max-load", type=float, default=1.5, help="wait for the 1-min load to drop below this")
     parser.add_argument("--max-wait-s", type=float, default=120.0, help="... for at most this long")

@@ -49,15 +49,6 @@ async def test_sigkill_the_stream_leader_of_an_r3_cluster_loses_nothing(sims, ma
     assert total <= stats["calls"] <= total + settings.max_in_flight
 
 
-COMMA_URLS = (
-    "TTS_NATS_URL with several comma-separated URLs (documented in README: 'NATS server(s), comma-separated') "
-    "fails: bus.connect passes the whole string to nats.connect, whose URL parser rejects it "
-    "('nats: invalid connect url option'), so a worker cannot be given every node of a cluster. Fix in "
-    "pipeline/bus.py: servers=[u.strip() for u in settings.nats_url.split(',') if u.strip()] (and _redact "
-    "each); the same list for faststream's NatsBroker in ingest.py and assembler.py."
-)
-
-
 async def test_comma_separated_nats_urls_connect(stack):
     nc = await bus.connect(Settings(nats_url=f"{stack.nats.url},{stack.nats.url}"), name="comma")
     await nc.close()

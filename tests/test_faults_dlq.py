@@ -83,17 +83,23 @@ async def test_dlq_list_show_and_replay_re_drive_failed_work(sims, harness):
             break
         await asyncio.sleep(0.1)
     await h.js.publish(h.names.dlq(h.names.chunk_done("redrive")), foreign.to_bytes())
+    # A letter too large for one message keeps only the head of its payload: never replayed.
+    cut = DeadLetter(source_subject=h.names.synth("bulk"), reason="max_deliver", error="too big", attempts=5,
+                     **DeadLetter.encode_payload(os.urandom(600 * 1024)))
+    assert cut.payload_truncated
+    await h.js.publish(h.names.dlq(h.names.synth("bulk")), cut.to_bytes())
 
     listed = await run_dlq(["list"], h.settings, in_process=False)
     assert listed.returncode == 0, listed.stderr
     rows = listed.stdout.splitlines()[1:]
-    assert len(rows) == 5 and sum("permanent" in r for r in rows) == 4 and sum("invalid" in r for r in rows) == 1
+    assert len(rows) == 6 and sum("permanent" in r for r in rows) == 4 and sum("invalid" in r for r in rows) == 1
     summary = json.loads((await run_dlq(["list", "--json"], h.settings)).stdout)
     assert [s["seq"] for s in summary] == sorted(s["seq"] for s in summary)
     by_chunk = {s["chunk_id"]: s for s in summary if s["job_id"] == "redrive"}
     assert sorted(by_chunk) == ["0", "1", "2"] and all("400" in s["error"] for s in by_chunk.values())
     garbage_seq = next(s["seq"] for s in summary if s["reason"] == "invalid")
-    foreign_seq = summary[-1]["seq"]
+    foreign_seq, cut_seq = summary[-2]["seq"], summary[-1]["seq"]
+    assert summary[-1]["payload_truncated"] and summary[-1]["payload_bytes"] == 600 * 1024
     assert next(s for s in summary if s["seq"] == garbage_seq)["payload_bytes"] == len(garbage)
 
     shown = json.loads((await run_dlq(["show", str(by_chunk["1"]["seq"])], h.settings)).stdout)
@@ -101,6 +107,7 @@ async def test_dlq_list_show_and_replay_re_drive_failed_work(sims, harness):
     one_line_error(await run_dlq(["show", "99999"], h.settings), "no dead letter 99999")
     one_line_error(await run_dlq(["replay"], h.settings), "--all")
     one_line_error(await run_dlq(["replay", str(foreign_seq)], h.settings), "not a work queue")
+    one_line_error(await run_dlq(["replay", str(cut_seq)], h.settings), "keeps only the head")
 
     httpx.patch(f"{sim.url}/sim/config", json={"error_rate": 0.0}, timeout=5, trust_env=False).raise_for_status()
     async with h.waiter("redrive") as waiter:
@@ -112,16 +119,17 @@ async def test_dlq_list_show_and_replay_re_drive_failed_work(sims, harness):
         (done,) = await waiter.wait_count(1, timeout_s=30)
         assert isinstance(done, ChunkDone) and done.chunk_id == "0"
         everything = await run_dlq(["replay", "--all"], h.settings)
-        assert everything.stdout.strip() == "replayed 3 dead letters (1 skipped: not from a work queue)"
+        expected = "replayed 3 dead letters (2 skipped: not from a work queue, or payload cut)"
+        assert everything.stdout.strip() == expected, everything.stdout
         outcomes = await waiter.wait_count(3, timeout_s=30)  # chunks 1 and 2 after 0
     assert sorted(o.chunk_id for o in outcomes if isinstance(o, ChunkDone)) == ["0", "1", "2"]
     for _ in range(50):
         left = json.loads((await run_dlq(["list", "--json"], h.settings)).stdout)
-        if len(left) == 2:
+        if len(left) == 3:
             break
         await asyncio.sleep(0.2)
-    # What is left: the foreign letter, and the garbage under a new number (it failed again).
-    assert [s["seq"] for s in left][0] == foreign_seq
-    assert left[1]["reason"] == "invalid" and left[1]["seq"] > foreign_seq
-    reshown = json.loads((await run_dlq(["show", str(left[1]["seq"])], h.settings)).stdout)
+    # What is left: the foreign and the cut letters, and the garbage under a new number (it failed again).
+    assert [s["seq"] for s in left][:2] == [foreign_seq, cut_seq]
+    assert left[2]["reason"] == "invalid" and left[2]["seq"] > cut_seq
+    reshown = json.loads((await run_dlq(["show", str(left[2]["seq"])], h.settings)).stdout)
     assert base64.b64decode(reshown["payload"]) == garbage

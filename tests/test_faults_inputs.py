@@ -143,20 +143,6 @@ async def test_garbage_on_every_consumed_subject_is_dead_lettered_and_workers_ke
     assert all(code == 0 for code in worker_procs.stop_all()), worker_procs.logs()
 
 
-OVERSIZE_LETTER = (
-    "900 KB of random bytes on any consumed subject is never dead-lettered (measured: 0 of 3 letters; 2 left "
-    "in TTS_SYNTH, 1 in TTS_CHAPTERS, for ever). The DeadLetter carries the payload as base64 (4/3 of 900 KB "
-    "= 1.2 MB), over NATS' 1 MiB max_payload, so every publish of the letter fails with MaxPayloadError: "
-    "synth._reject_invalid naks until max_deliver (log synth.reject_deferred), ingest.reject raises, then "
-    "DeadLetterWatcher.move fails the same way (deadletter.move_failed) and the message stays in the work "
-    "queue, undelivered. A legitimate 900 KB ChapterSubmit that runs out of deliveries hits it too (JSON "
-    "escaping of the payload). Fix (synth.py, ingest.py, deadletter.py, messages.py): when the letter would "
-    "exceed nc.max_payload, put the payload in the store (dlq/<stream>/<seq>.bin) and carry its key in a new "
-    "DeadLetter.payload_key (payload ''); dlq replay then reads it from there. One helper builds letters for "
-    "all three writers."
-)
-
-
 async def test_900_kb_of_random_bytes_on_every_consumed_subject_is_dead_lettered(
         sims, make_settings, observers, worker_procs):
     sim = sims(latency_s=0.05)
