@@ -6,7 +6,7 @@ child processes configured through `TTS_*`, exactly as started by hand. Loads ar
 `tts-pipeline bench`'s own code (`pipeline.bench.run_bench`).
 
   a) saturation: one worker against a stand-in with 32 slots and a tokens/s capacity model; a bulk
-     job of same-length texts (4 s of audio each) through the bus; delivered audio seconds per second
+     job of texts of 4.0-4.8 s of audio through the bus; delivered audio seconds per second
      / the stand-in's `ideal_audio_s_per_s`; next to the direct semaphore client (bench --target
      backend) at the same concurrency (32), same stand-in, same repeat. Worker in-flight 32 (= slots)
      and 40 (slots + 25 %).
@@ -53,8 +53,8 @@ from pipeline.settings import Settings  # noqa: E402
 from pipeline.subjects import Names  # noqa: E402
 
 BUCKET = "bench-scaling"
-# Ten words each: 4.0 s of audio at the stand-in's 2.5 words/s, 100 audio tokens.
-UNIFORM_TEXTS = (
+# 10-12 words each: 4.0-4.8 s of audio at the stand-in's 2.5 words/s (100-120 audio tokens), mean 4.5 s.
+FOUR_SECOND_TEXTS = (
     "The quiet harbour wakes slowly as the fishing boats return.",
     "A single lamp burned in the window of the old mill.",
     "We walked along the river until the path simply ended there.",
@@ -95,7 +95,7 @@ async def timed_bench(engines: list[Engine], settings: Settings, options: BenchO
 async def saturation(lab: Lab, args) -> None:
     n = args.saturation_waves * SLOTS
     print(f"\na) saturation, b) two stand-ins: stand-ins with {SLOTS} slots, {args.tokens_per_s:g} tokens/s per stream "
-          f"at batch 1, batch penalty 0.02; bulk jobs of {n} (one stand-in) and {2 * n} (two) texts of 4.0 s; "
+          f"at batch 1, batch penalty 0.02; bulk jobs of {n} (one stand-in) and {2 * n} (two) texts of 4.0-4.8 s; "
           f"load {load_avg():.2f}", flush=True)
     one, two = lab.engine(tokens_per_s=args.tokens_per_s), lab.engine(tokens_per_s=args.tokens_per_s)
     s32 = lab.settings([one.url], max_in_flight=SLOTS)
@@ -105,13 +105,13 @@ async def saturation(lab: Lab, args) -> None:
     await asyncio.gather(wait_ready(s32, 1), wait_ready(s40, 1), wait_ready(s64, 1))
 
     def bulk(count: int) -> BenchOptions:
-        return BenchOptions(target="bus", requests=count, concurrent=count, texts=UNIFORM_TEXTS, timeout_s=600)
+        return BenchOptions(target="bus", requests=count, concurrent=count, texts=FOUR_SECOND_TEXTS, timeout_s=600)
 
     rows = []
     for rep in range(args.repeat):
         bus32 = await timed_bench([one], s32, bulk(n))
         direct = await timed_bench([one], s32, BenchOptions(target="backend", url=one.url, requests=n,
-                                                            concurrent=SLOTS, texts=UNIFORM_TEXTS, timeout_s=600))
+                                                            concurrent=SLOTS, texts=FOUR_SECOND_TEXTS, timeout_s=600))
         bus40 = await timed_bench([one], s40, bulk(n))
         bus64 = await timed_bench([one, two], s64, bulk(2 * n))
         ideal = bus32["ideal"]
@@ -139,7 +139,7 @@ async def saturation(lab: Lab, args) -> None:
           f"{m['bus32_of_ideal']:.3f} of ideal (goal >= 0.97), {m['bus32_vs_direct']:.3f}x the direct client "
           f"(goal >= 1). Bus, in-flight 40: {m['bus40_of_ideal']:.3f} of ideal, {m['bus40_vs_direct']:.3f}x direct. "
           f"Direct semaphore client at 32: {m['direct_of_ideal']:.3f} of ideal.")
-    print(f"     Steady state (between the 32nd completion and the 32nd from last): bus 32 {m['steady32']:.3f}, "
+    print(f"     Steady state (from the 32nd completion to the last that leaves 32 in flight): bus 32 {m['steady32']:.3f}, "
           f"direct {m['steady_direct']:.3f}, bus 40 {m['steady40']:.3f} of ideal. Batch occupancy (sampled): bus 32 "
           f"{m['occ32']:.1%}, direct {m['occ_direct']:.1%}, bus 40 {m['occ40']:.1%}.")
     print(f"  b) median: two stand-ins behind one worker deliver {m['two_vs_one']:.2f}x one (goal >= 1.9); "
@@ -243,7 +243,7 @@ class CpuMeter:
 
 
 async def overhead(lab: Lab, args) -> None:
-    print(f"\nd) overhead, instant stand-in (256 slots, no delay): {args.chunks} chunks of 4.0 s (~200 KB WAV) through "
+    print(f"\nd) overhead, instant stand-in (256 slots, no delay): {args.chunks} chunks of 4.0-4.8 s (~200 KB WAV) through "
           f"one worker at in-flight 64 vs raw S3 PUT of the same objects (16 threads); load {load_avg():.2f}", flush=True)
     engine = lab.engine(slots=256)
     s = lab.settings([engine.url], max_in_flight=64)
@@ -254,7 +254,7 @@ async def overhead(lab: Lab, args) -> None:
     for rep in range(args.repeat):
         before = meter.read()
         result = await run_bench(s, BenchOptions(target="bus", requests=args.chunks, concurrent=args.chunks,
-                                                 texts=UNIFORM_TEXTS, timeout_s=600))
+                                                 texts=FOUR_SECOND_TEXTS, timeout_s=600))
         piped = CpuMeter.spent_ms(before, meter.read(), args.chunks)
         rate = result.summary()["successful"] / result.wall_s
         payload = await sample_object(s)
@@ -282,8 +282,8 @@ async def overhead(lab: Lab, args) -> None:
 
 
 def chapter_text(job_id: str, chapter: int) -> str:
-    """`SENTENCES_PER_CHAPTER` 13-word sentences (5.2 s each), unique within the job: one chunk each."""
-    return " ".join(f"{UNIFORM_TEXTS[(chapter + k) % len(UNIFORM_TEXTS)][:-1]} in chapter {chapter + 1}."
+    """`SENTENCES_PER_CHAPTER` sentences of 13-15 words (5.2-6 s), unique within the job: one chunk each."""
+    return " ".join(f"{FOUR_SECOND_TEXTS[(chapter + k) % len(FOUR_SECOND_TEXTS)][:-1]} in chapter {chapter + 1}."
                     for k in range(SENTENCES_PER_CHAPTER))
 
 
@@ -319,7 +319,7 @@ async def run_job(settings: Settings, chapters: int, timeout_s: float = 600) -> 
 
 async def growth(lab: Lab, args) -> None:
     configs = [(1, 1, 1), (10, 1, 1), (100, 1, 1), (100, 2, 1), (100, 4, 1), (100, 1, 2), (100, 2, 2), (100, 4, 2)]
-    print(f"\ne) cost growth, jobs path: chapters of {SENTENCES_PER_CHAPTER} chunks x 5.2 s (TTS_CHUNK_TARGET_WORDS=12, "
+    print(f"\ne) cost growth, jobs path: chapters of {SENTENCES_PER_CHAPTER} chunks of 5.2-6 s (TTS_CHUNK_TARGET_WORDS=12, "
           f"MAX=16); stand-ins {SLOTS} slots at {args.jobs_tokens_per_s:g} tokens/s; in-flight per worker = "
           f"ceil(slots of all stand-ins / workers); one ingest and one assembler process; load {load_avg():.2f}",
           flush=True)
