@@ -246,8 +246,7 @@ def parse_outcome(subject: str, data: bytes) -> ChunkDone | ChunkFailed:
 
 def build_broker(settings: Settings, box: list) -> NatsBroker:
     names = Names(settings.namespace)
-    broker = NatsBroker(bus.servers(settings), logger=None, connect_timeout=settings.nats_connect_timeout_s,
-                        max_reconnect_attempts=-1, **bus.auth_options(settings))
+    broker = bus.faststream_broker(settings)
 
     @broker.subscriber(
         names.chunk_events_all,

@@ -37,6 +37,14 @@ def servers(settings: Settings) -> list[str]:
     return [url.strip() for url in settings.nats_url.split(",") if url.strip()]
 
 
+def faststream_broker(settings: Settings):
+    """A faststream NATS broker with the same servers, credentials and reconnect rule as `connect`."""
+    from faststream.nats import NatsBroker
+
+    return NatsBroker(servers(settings), logger=None, connect_timeout=settings.nats_connect_timeout_s,
+                      max_reconnect_attempts=-1, **auth_options(settings))
+
+
 def auth_options(settings: Settings) -> dict:
     """Credentials for nats-py (and faststream's broker, which passes them through)."""
     options: dict = {}

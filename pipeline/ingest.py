@@ -142,8 +142,7 @@ def build_broker(settings: Settings, ingestor_box: list) -> NatsBroker:
     """The faststream app: one durable pull subscriber with explicit (manual) acks."""
     names = Names(settings.namespace)
     policy = DeliveryPolicy.from_settings(settings)
-    broker = NatsBroker(bus.servers(settings), logger=None, connect_timeout=settings.nats_connect_timeout_s,
-                        max_reconnect_attempts=-1, **bus.auth_options(settings))
+    broker = bus.faststream_broker(settings)
 
     @broker.subscriber(
         names.chapters_all,

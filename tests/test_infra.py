@@ -37,6 +37,7 @@ from pipeline.cli import build_parser
 from pipeline.devstack import find_binary, free_ports, port_is_free
 from pipeline.settings import Settings
 from pipeline.subjects import PRIORITIES, Names
+from tests.fault_fixtures import retry
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -934,11 +935,4 @@ def _num_pending(info: dict | None, trigger: dict) -> int | None:
 
 async def _retry(make_call, what: str, timeout_s: float = 10.0):
     # Right after an election the cluster answers "no leader"/timeouts for a moment.
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await make_call()
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: {type(exc).__name__}: {exc}") from exc
-            await asyncio.sleep(0.2)
+    return await retry(make_call, what, timeout_s)
