@@ -8,7 +8,7 @@ walk below is ours; decoding and encoding of well-formed audio goes through soun
 
 Canonical audio (what the store holds, whatever the engine's rate): 24 kHz mono 16-bit, resampled
 with scipy's polyphase resampler, leading/trailing silence trimmed to a small pad, loudness
-measured as integrated LUFS (ITU-R BS.1770-4, pyloudnorm).
+measured as integrated LUFS (ITU-R BS.1770-4, `pipeline.loudness`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import struct
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyloudnorm
 import soundfile as sf
 from scipy.signal import resample_poly
 
 from pipeline.errors import AudioInvalid
+from pipeline.loudness import integrated_lufs
 
 PCM16_MAX = 32767
 
@@ -267,9 +267,7 @@ def loudness_lufs(samples: np.ndarray, sample_rate_hz: int) -> float | None:
     """
     if samples.size < int(LOUDNESS_MIN_S * sample_rate_hz) + 1:
         return None
-    meter = pyloudnorm.Meter(sample_rate_hz)
-    value = meter.integrated_loudness(samples.astype(np.float64) / 32768.0)
-    return float(value) if math.isfinite(value) else None
+    return integrated_lufs(samples, sample_rate_hz)
 
 
 @dataclass(frozen=True)
