@@ -35,6 +35,10 @@ class GatewayMetrics:
         self.in_flight = Gauge("tts_gateway_in_flight", "syntheses waiting on the bus", registry=r)
         self.syntheses = Counter("tts_gateway_syntheses", "syntheses by outcome (done, failed, timeout, unavailable)",
                                  ["outcome"], registry=r)
+        self.audio_source = Counter("tts_gateway_audio_source",
+                                    "answered syntheses by where the audio came from: reply (straight from the "
+                                    "worker, on NATS) or store (cached, or too large for one message)",
+                                    ["source"], registry=r)
         self.cache_hits = Counter("tts_gateway_cache_hits", "syntheses answered from stored audio", registry=r)
         self.jobs_submitted = Counter("tts_gateway_jobs_submitted", "jobs accepted by POST /jobs", registry=r)
         self.job_chapters_submitted = Counter("tts_gateway_job_chapters_submitted",

@@ -1,5 +1,6 @@
 """The gateway's one job: turn an HTTP request into a `SynthRequest` on the bus, wait for its
-outcome event, and read the audio from the store. It never calls a model server.
+outcome, and answer with the audio: straight from the worker's `AudioReply` for a fresh answer
+that fits in one NATS message, else read from the store. It never calls a model server.
 
 Every request is published with interactive priority under this process's job id
 (`gw-<instance>`) and a fresh chunk id; `OutcomeRouter` resolves it from one subscription.
@@ -64,7 +65,7 @@ class Gateway:
         self.names = Names(settings.namespace)
         self.instance_id = uuid.uuid4().hex[:12]
         self.job_id = f"gw-{self.instance_id}"
-        self.router = OutcomeRouter(self.names, self.job_id)
+        self.router = OutcomeRouter(self.names, self.job_id, self.instance_id)
         self.link = Link(settings, self.names, self.router, client_name=f"tts-gateway-{self.instance_id}")
         self.observer = Observer(settings, self.names, self.link)
         self.stats = RequestStats()
@@ -97,6 +98,7 @@ class Gateway:
             return SynthRequest(
                 job_id=self.job_id, chunk_id=uuid.uuid4().hex, text=ask.text, voice=voice, reference=reference,
                 system_prompt=ask.system_prompt, sampling=ask.sampling, reply_tag=request_id[:128],
+                reply_to=self.router.reply_subject,
             )
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -150,20 +152,25 @@ class Gateway:
                     raise Unavailable(f"message bus unavailable: {type(exc).__name__}") from None
                 remaining_s = max(0.0, timeout_s - (time.perf_counter() - started))
                 try:
-                    outcome = await asyncio.wait_for(future, remaining_s)
+                    arrived = await asyncio.wait_for(future, remaining_s)
                 except asyncio.TimeoutError:
                     outcome_label = "timeout"
                     raise NoAnswer(f"No answer from the bus within {timeout_s:g} s (request id {request_id})",
                                    request_id=request_id) from None
             finally:
                 self.router.forget(request.chunk_id)
+            outcome, wav = arrived.outcome, arrived.wav
             if isinstance(outcome, ChunkFailed):
                 outcome_label = "failed"
                 raise GenerationFailed(f"Generation failed ({outcome.reason}): {outcome.error}")
-            try:
-                wav = await self.link.require_store().get(outcome.key)
-            except (StoreRetryable, StorePermanent) as exc:
-                raise Unavailable(f"object store unavailable: {exc}") from None
+            source = "reply"
+            if wav is None:  # cached, or too large for one message: read it from the store
+                source = "store"
+                try:
+                    wav = await self.link.require_store().get(outcome.key)
+                except (StoreRetryable, StorePermanent) as exc:
+                    raise Unavailable(f"object store unavailable: {exc}") from None
+            self.metrics.audio_source.labels(source=source).inc()
             ok, cached, outcome_label = True, outcome.cached, "done"
             generation_s = time.perf_counter() - started
             return Spoken(wav=wav, done=outcome, generation_s=generation_s, concurrent=self.stats.concurrent_requests)

@@ -281,14 +281,16 @@ class CheckedAudio:
     loudness_lufs: float | None
 
 
-def check_answer(samples: np.ndarray, sample_rate_hz: int, text: str, bounds: AudioBounds) -> CheckedAudio:
+def check_answer(samples: np.ndarray, sample_rate_hz: int, text: str, bounds: AudioBounds,
+                 measure_loudness: bool = True) -> CheckedAudio:
     """Check a model answer for `text` and turn it into canonical, trimmed audio.
 
     In order: not empty; no wrapped or clipped samples (on the samples as sent); resampled to
     `bounds.sample_rate_hz`; total duration inside the text's band (`check_audio`); at most
     `max_edge_silence_s` of silence at either end ("too long": a runaway padded with silence);
     the speech itself not shorter than the band ("too short": truncated); then trimmed to
-    `trim_pad_s` around the speech and its loudness measured.
+    `trim_pad_s` around the speech and its loudness measured (unless `measure_loudness` is
+    false: a caller in a hurry measures it later with `loudness_lufs`).
     Raises `AudioInvalid` with the reason on the first failed check.
     """
     if samples.size == 0:
@@ -319,4 +321,5 @@ def check_answer(samples: np.ndarray, sample_rate_hz: int, text: str, bounds: Au
     pad = int(round(bounds.trim_pad_s * rate))
     trimmed = canonical[max(0, start - pad): min(canonical.size, end + pad)]
     return CheckedAudio(samples=trimmed, sample_rate_hz=rate, duration_s=trimmed.size / rate,
-                        answer_duration_s=answer_s, loudness_lufs=loudness_lufs(trimmed, rate))
+                        answer_duration_s=answer_s,
+                        loudness_lufs=loudness_lufs(trimmed, rate) if measure_loudness else None)

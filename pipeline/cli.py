@@ -44,15 +44,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from pipeline import runtime
 
     if args.kind == "synth":
-        asyncio.run(runtime.run_synth_worker(settings))
+        runtime.run_service(runtime.run_synth_worker(settings))
     elif args.kind == "ingest":
         from pipeline import ingest
 
-        asyncio.run(runtime.run_broker_service(settings, "ingest", ingest.Ingestor, ingest.build_broker))
+        runtime.run_service(runtime.run_broker_service(settings, "ingest", ingest.Ingestor, ingest.build_broker))
     else:
         from pipeline import assembler
 
-        asyncio.run(runtime.run_broker_service(settings, "assemble", assembler.Assembler, assembler.build_broker))
+        runtime.run_service(runtime.run_broker_service(settings, "assemble", assembler.Assembler, assembler.build_broker))
     return 0
 
 
@@ -97,12 +97,13 @@ def _cmd_voices(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from pipeline import runtime
     from pipeline.embedded import run_up
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_json)
-    return asyncio.run(run_up(settings, data_dir=args.data_dir, engine_latency_s=args.engine_latency_s,
-                              engine_port=args.engine_port))
+    return runtime.run_service(run_up(settings, data_dir=args.data_dir, engine_latency_s=args.engine_latency_s,
+                                      engine_port=args.engine_port))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -124,10 +125,11 @@ def _cmd_say(args: argparse.Namespace) -> int:
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
     from http_gateway.server import run_gateway
+    from pipeline import runtime
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_json)
-    asyncio.run(run_gateway(settings, host=args.host, port=args.port))
+    runtime.run_service(run_gateway(settings, host=args.host, port=args.port))
     return 0
 
 

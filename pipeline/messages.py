@@ -1,6 +1,8 @@
 """The bus contract: every message on NATS, as frozen pydantic models with a schema version.
 
-Messages carry object keys, never audio bytes (NATS payloads are capped at 1 MiB).
+Messages carry object keys, never audio bytes (NATS payloads are capped at 1 MiB), with one
+exception: the `AudioReply` a worker sends on core NATS to a waiting gateway (`reply_to`), which
+carries a short answer's WAV so the interactive path needs no store round trip.
 Handlers take and return these models, never dicts.
 """
 
@@ -87,6 +89,9 @@ class SynthRequest(_Message):
     chapter: int | None = None
     index: int | None = None
     reply_tag: str | None = Field(default=None, max_length=128)
+    # Core-NATS subject of a waiting gateway (`Names.audio_reply`): a fresh answer that fits in
+    # one message is also sent there as an `AudioReply`, before it is stored.
+    reply_to: str | None = Field(default=None, max_length=256, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
     @field_validator("text")
     @classmethod
@@ -153,6 +158,33 @@ class ChunkDone(_Message):
     # What the model server said about the answer (header X-Engine-Note), e.g. a reference
     # voice it could not clone.
     engine_note: str | None = None
+
+
+class AudioReply:
+    """A fresh answer sent straight to the gateway waiting on `SynthRequest.reply_to`:
+    4-byte big-endian length of a `ChunkDone` (timings so far; nothing stored yet), the
+    `ChunkDone` JSON, then the WAV. The done event still follows once the audio is stored."""
+
+    HEADER = 4
+
+    @staticmethod
+    def encode(done: ChunkDone, wav: bytes) -> bytes:
+        meta = done.to_bytes()
+        return len(meta).to_bytes(AudioReply.HEADER, "big") + meta + wav
+
+    @staticmethod
+    def size(done: ChunkDone, wav: bytes) -> int:
+        return AudioReply.HEADER + len(done.to_bytes()) + len(wav)
+
+    @staticmethod
+    def decode(data: bytes) -> tuple[ChunkDone, bytes]:
+        if len(data) < AudioReply.HEADER:
+            raise ValueError("audio reply shorter than its header")
+        n = int.from_bytes(data[:AudioReply.HEADER], "big")
+        end = AudioReply.HEADER + n
+        if end > len(data):
+            raise ValueError("audio reply cut short")
+        return ChunkDone.from_bytes(data[AudioReply.HEADER:end]), data[end:]
 
 
 class ChunkFailed(_Message):

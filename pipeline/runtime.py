@@ -19,6 +19,17 @@ from pipeline.synth import SynthWorker
 log = structlog.get_logger("pipeline.runtime")
 
 
+def run_service(main):
+    """Run a long-lived service's coroutine on uvloop (libuv: a cheaper event loop for the
+    many small socket events of NATS, S3 and HTTP) when it is installed, else on asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a core dependency; stay usable without it
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 async def open_store(settings: Settings) -> Store:
     """A store whose bucket exists; `StartupError` when S3 is unreachable or refuses us."""
     store = Store(settings)

@@ -108,6 +108,14 @@ class Names:
         """Chunk outcomes of every job (the assembler's filter)."""
         return f"{self.root}.events.chunk.*.*"
 
+    def audio_reply(self, instance: str) -> str:
+        """Core-NATS subject (in no stream) where one gateway process receives `AudioReply`s."""
+        return f"{self.reply_prefix}{check_token(instance, 'instance')}"
+
+    @property
+    def reply_prefix(self) -> str:
+        return f"{self.root}.reply.audio."
+
     @property
     def dlq_all(self) -> str:
         return f"{self.root}.dlq.>"

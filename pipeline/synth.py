@@ -11,6 +11,11 @@ and its loudness measured (`audio.check_answer`); a failed check is retried by r
 word error rate is too high (up to `verify_max_attempts`), then fails with the transcript.
 A voice name that is a synced preset becomes a reference first (`voices.VoiceBook`).
 
+Someone waiting (`reply_to`, set by the gateway): the cache lookup and the model call start
+together, and a fresh answer that fits in one NATS message goes to the waiting gateway as an
+`AudioReply` right after the checks, before its loudness is measured and before it is stored;
+storing, the done event and the ack follow as for any request.
+
 Scheduling: the worker holds at most `max_in_flight` messages, all of them being worked on.
 Each time a slot frees, it asks the interactive consumer first (a no-wait pull), then the bulk
 one; only when both are empty does it wait (`poll_s`) on bulk, which bounds the delay an
@@ -26,7 +31,7 @@ import os
 import random
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -35,11 +40,11 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from pipeline import bus
-from pipeline.audio import AudioBounds, CheckedAudio, check_answer, encode_wav, to_mono_int16
+from pipeline.audio import AudioBounds, CheckedAudio, check_answer, encode_wav, loudness_lufs, to_mono_int16
 from pipeline.backend import BackendAnswer, HiggsClient
 from pipeline.errors import Permanent, Retryable, StoreRetryable
 from pipeline.messages import (
-    BackendStatus, ChunkDone, ChunkFailed, ChunkTimings, DeadLetter, SynthRequest, WorkerHeartbeat,
+    AudioReply, BackendStatus, ChunkDone, ChunkFailed, ChunkTimings, DeadLetter, SynthRequest, WorkerHeartbeat,
 )
 from pipeline.policy import DeliveryPolicy, backoff_s
 from pipeline.worker_metrics import WorkerMetrics
@@ -385,15 +390,38 @@ class SynthWorker:
         queued_s = max(0.0, time.time() - msg.metadata.timestamp.timestamp()) if msg.metadata else 0.0
         request = await self.voices.resolve(request)  # the key then covers the preset's audio
         key = audio_key(request.audio_digest(self.settings.model))
+        reply_to = self._reply_subject(request)
         synth_s = store_s = 0.0
         backend_url = engine_note = None
         repairs: list[str] = []
         loudness = wer = None
         takes = None
+
+        def outcome(size: int, cached: bool) -> ChunkDone:
+            return ChunkDone(
+                job_id=request.job_id, chunk_id=request.chunk_id, key=key, duration_s=round(duration_s, 4),
+                sample_rate_hz=sample_rate_hz, bytes=size, cached=cached, attempt=attempt, backend=backend_url,
+                worker=self.name, chapter=request.chapter, index=request.index, reply_tag=request.reply_tag,
+                repaired=repairs, engine_note=engine_note, wer=wer, takes=takes,
+                loudness_lufs=None if loudness is None else round(loudness, 2),
+                timings=ChunkTimings(queued_s=round(queued_s, 4), synth_s=round(synth_s, 4),
+                                     store_s=round(store_s, 4), total_s=round(time.perf_counter() - started, 4)),
+            )
+
         async with self._keys.hold(key):
-            head = await self.store.head(key)
+            synthesis = None
+            if reply_to:
+                # Someone is waiting: ask the model at once, in parallel with the cache lookup
+                # (a hit cancels the call a few milliseconds after it started).
+                synthesis = asyncio.create_task(self._synthesize_checked(request, measure_loudness=False))
+            try:
+                head = await self.store.head(key)
+            except BaseException:
+                await _cancel(synthesis)
+                raise
             cached = head is not None
             if cached:
+                await _cancel(synthesis)
                 slot.release()
                 size = int(head.get("ContentLength", 0))
                 meta = head.get("Metadata", {}) or {}
@@ -402,16 +430,21 @@ class SynthWorker:
                 loudness, wer = _optional_float(meta, "loudness-lufs"), _optional_float(meta, "wer")
             else:
                 t0 = time.perf_counter()
-                checked, answer, wer, takes = await self._synthesize_checked(request)
+                # A waiting gateway gets the audio first; loudness is measured after that.
+                checked, answer, wer, takes = await (synthesis or self._synthesize_checked(request))
                 slot.release()
                 synth_s = time.perf_counter() - t0
                 self.metrics.synth_seconds.observe(synth_s)
                 backend_url = answer.url
                 repairs = answer.wav.repairs
                 engine_note = answer.headers.get(ENGINE_NOTE_HEADER) or None
-                sample_rate_hz, duration_s, loudness = checked.sample_rate_hz, checked.duration_s, checked.loudness_lufs
+                sample_rate_hz, duration_s = checked.sample_rate_hz, checked.duration_s
                 wav = encode_wav(checked.samples, sample_rate_hz)
                 size = len(wav)
+                if reply_to:
+                    await self._reply(reply_to, outcome(size, False), wav)
+                    checked = replace(checked, loudness_lufs=loudness_lufs(checked.samples, sample_rate_hz))
+                loudness = checked.loudness_lufs
                 meta = {"duration-s": f"{duration_s:.4f}", "sample-rate-hz": str(sample_rate_hz),
                         "job-id": request.job_id, "chunk-id": request.chunk_id}
                 if loudness is not None:
@@ -421,15 +454,7 @@ class SynthWorker:
                 t0 = time.perf_counter()
                 await self._put_keeping_the_audio(key, wav, meta)
                 store_s = time.perf_counter() - t0
-        done = ChunkDone(
-            job_id=request.job_id, chunk_id=request.chunk_id, key=key, duration_s=round(duration_s, 4),
-            sample_rate_hz=sample_rate_hz, bytes=size, cached=cached, attempt=attempt, backend=backend_url,
-            worker=self.name, chapter=request.chapter, index=request.index, reply_tag=request.reply_tag,
-            repaired=repairs, engine_note=engine_note, wer=wer, takes=takes,
-            loudness_lufs=None if loudness is None else round(loudness, 2),
-            timings=ChunkTimings(queued_s=round(queued_s, 4), synth_s=round(synth_s, 4), store_s=round(store_s, 4),
-                                 total_s=round(time.perf_counter() - started, 4)),
-        )
+        done = outcome(size, cached)
         await bus.publish_json(self.js, self.names.chunk_done(request.job_id), done.to_bytes(),
                                event_msg_id("done", request.job_id, request.chunk_id))
         await msg.ack()
@@ -440,6 +465,25 @@ class SynthWorker:
         log.info("synth.done", job=request.job_id, chunk=request.chunk_id, attempt=attempt, priority=priority,
                  cached=cached, duration_s=done.duration_s, synth_s=done.timings.synth_s, backend=backend_url,
                  repaired=repairs or None, wer=wer, takes=takes, engine_note=engine_note)
+
+    def _reply_subject(self, request: SynthRequest) -> str | None:
+        """The request's `reply_to` when it names a gateway of this pipeline (a worker never
+        publishes audio onto any other subject, whatever a message asks)."""
+        if request.reply_to and request.reply_to.startswith(self.names.reply_prefix):
+            return request.reply_to
+        return None
+
+    async def _reply(self, subject: str, done: ChunkDone, wav: bytes) -> None:
+        """Send the answer to the waiting gateway when it fits in one NATS message; best effort:
+        the done event (after the store) is the record, and the gateway falls back to it."""
+        if AudioReply.size(done, wav) > self.nc.max_payload:
+            return
+        try:
+            await self.nc.publish(subject, AudioReply.encode(done, wav))
+        except Exception as exc:  # NATS away: the event path still answers
+            log.debug("synth.reply_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        await asyncio.sleep(0)  # let nats-py's flusher write it before the CPU-bound work that follows
 
     async def _put_keeping_the_audio(self, key: str, wav: bytes, meta: dict[str, str]) -> None:
         """Store fresh audio, retrying in place for up to `store_retry_s` while the store is
@@ -474,7 +518,8 @@ class SynthWorker:
 
         self._store_probe = asyncio.create_task(probe())
 
-    async def _synthesize_checked(self, request: SynthRequest) -> tuple[CheckedAudio, BackendAnswer, float | None, int]:
+    async def _synthesize_checked(self, request: SynthRequest, measure_loudness: bool = True,
+                                  ) -> tuple[CheckedAudio, BackendAnswer, float | None, int]:
         """Audio for `request` that passed every check, canonical and trimmed: (audio, answer,
         WER or None, takes). A failed audio check raises `AudioInvalid` (retried by redelivery);
         with the ASR gate, a take whose WER is too high is followed by one with a new seed, and
@@ -483,7 +528,8 @@ class SynthWorker:
         verdict = None
         for take in range(1, takes + 1):
             answer = await self.client.synthesize(retake(request, take))
-            checked = check_answer(to_mono_int16(answer.wav), answer.wav.fmt.sample_rate_hz, request.text, self.bounds)
+            checked = check_answer(to_mono_int16(answer.wav), answer.wav.fmt.sample_rate_hz, request.text, self.bounds,
+                                   measure_loudness)
             if self.gate is None:
                 return checked, answer, None, take
             verdict = await self.gate.judge(checked.samples, checked.sample_rate_hz, request.text)
@@ -531,6 +577,14 @@ class SynthWorker:
                             attempts=attempt, job_id=job_id, chunk_id=chunk_id, **DeadLetter.encode_payload(msg.data))
         await bus.publish_json(self.js, self.names.dlq(msg.subject), letter.to_bytes(),
                                f"dlq:{self.names.synth_stream}:{seq}" if seq else None)
+
+
+async def _cancel(task: asyncio.Task | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+    if task is not None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 def _load_gate(settings: Settings):

@@ -4,7 +4,8 @@ A throw-away embedded stack (nats-server, SeaweedFS), the stand-in engine, one s
 gateway, each in its own process (`tts-pipeline engine|worker synth|gateway`). For each
 concurrency, the same number of requests go
 
-  direct:   POST engine /v1/chat/completions with the payload the worker would send;
+  direct:   POST engine /v1/chat/completions with the payload the worker would send, and decode
+            the WAV from the answer (what the original proxy did before answering);
   gateway:  POST gateway /generate  (gateway -> NATS -> worker -> engine -> S3 -> event -> gateway
             -> S3 -> client), every text unique so nothing comes from the cache;
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import itertools
 import os
 import statistics
@@ -92,6 +94,8 @@ async def measure(settings: Settings, engine_url: str, gateway_url: str, concurr
             request = SynthRequest(job_id="bench", chunk_id=str(i), text=text_for(next(serial), salt))
             r = await client.post(f"{engine_url}/v1/chat/completions", json=payloads.chat_payload(request, None))
             r.raise_for_status()
+            # A direct client wants the WAV: it decodes the answer, as the original proxy did.
+            base64.b64decode(r.json()["choices"][0]["message"]["audio"]["data"])
 
         async def via_gateway(i: int) -> None:
             r = await client.post(f"{gateway_url}/generate", json={"text": text_for(next(serial), salt)})

@@ -6,6 +6,7 @@ The original README's examples are sent as written; the `openai` SDK writes file
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -42,6 +43,17 @@ async def start(harness, gateway, sim_url: str, **gateway_settings):
     client = httpx.AsyncClient(base_url=gw.url, timeout=30, trust_env=False)
     await wait_for_health(client, "ok")
     return h, gw, client
+
+
+async def settled_stats(client: httpx.AsyncClient) -> dict:
+    """/stats once the queues are empty: answers reach the client before the worker has stored
+    them and acked their messages, so the queues empty a moment after the last answer."""
+    for _ in range(50):
+        stats = (await client.get("/stats")).json()
+        if stats["queue_depth"] == {"interactive": 0, "bulk": 0}:
+            break
+        await asyncio.sleep(0.1)
+    return stats
 
 
 def wav_seconds(data: bytes) -> float:
@@ -91,13 +103,17 @@ async def test_readme_examples_as_written(sims, harness, gateway):
             assert result["success"] is True and isinstance(result["generation_time"], float)
             assert wav_seconds(base64.b64decode(result["audio_base64"])) > 0.3
 
-        stats = (await client.get("/stats")).json()
+        stats = await settled_stats(client)
     assert stats["total_requests"] == stats["successful_requests"] == 5
     assert stats["failed_requests"] == 0 and stats["concurrent_requests"] == 0
     assert stats["peak_concurrent"] >= 3 and stats["cache_hits"] == 1
     assert stats["avg_generation_time"] == pytest.approx(stats["total_generation_time"] / 5, abs=0.01)
     assert stats["queue_depth"] == {"interactive": 0, "bulk": 0} and stats["workers_alive"] == 1
-    assert sim_stats(sim)["calls"] == 4  # the repeat came from the store
+    # The repeat came from the store (X-Cache: hit, same bytes). Its model call starts together with
+    # the cache lookup (someone is waiting) and is cancelled when the lookup hits, unless this
+    # instant stand-in answered first: one extra call at most.
+    model = sim_stats(sim)
+    assert model["calls"] in (4, 5) and model["completed"] + model["aborted"] == model["calls"]
 
 
 async def test_what_reaches_the_model_server(sims, harness, gateway, recording_proxy):
@@ -216,6 +232,7 @@ async def test_batch_item_failure_does_not_sink_the_others_and_metrics(sims, har
             {"text": "This one works."}, {"text": "   "}, {"text": "So does this.", "voice": "nobody"},
             {"text": "And this one."},
         ])).json()
+        await settled_stats(client)
         metrics = (await client.get("/metrics")).text
         docs = await client.get("/docs")
     assert (batch["total"], batch["successful"], batch["failed"]) == (4, 2, 2)
@@ -224,6 +241,7 @@ async def test_batch_item_failure_does_not_sink_the_others_and_metrics(sims, har
     assert "Unknown voice 'nobody'" in batch["results"][2]["error"]
     assert 'tts_gateway_requests_total{outcome="ok",route="/generate/batch"} 1.0' in metrics
     assert 'tts_gateway_syntheses_total{outcome="done"} 2.0' in metrics
+    assert 'tts_gateway_audio_source_total{source="reply"} 2.0' in metrics  # fresh and small: straight from the worker
     assert 'tts_gateway_request_duration_seconds_count{route="/generate/batch"} 1.0' in metrics
     assert 'tts_queue_depth{consumer="interactive"} 0.0' in metrics
     assert "tts_workers_alive 1.0" in metrics

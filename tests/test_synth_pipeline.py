@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.audio import decode_wav, expected_duration_s
 from pipeline.client import publish_synth
-from pipeline.messages import ChunkDone, ChunkFailed, DeadLetter, SynthRequest
+from pipeline.messages import AudioReply, ChunkDone, ChunkFailed, DeadLetter, SynthRequest
 from tests.conftest import sim_stats
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven bright stars shine above".split()
@@ -301,3 +301,41 @@ async def test_requests_older_than_the_age_limit_are_dead_lettered(sims, harness
     assert isinstance(outcome, ChunkFailed) and outcome.reason == "max_age"
     assert sim_stats(sim)["calls"] == 0
     assert [d.reason for d in await read_dlq(h)] == ["max_age"]
+
+
+async def test_a_waiting_caller_gets_the_audio_on_its_reply_subject_before_it_is_stored(sims, harness):
+    sim = sims(latency_s=0.05)
+    h = await harness(backend_urls=[sim.url])
+    replies: asyncio.Queue = asyncio.Queue()
+    subject = h.names.audio_reply("probe")
+    foreign: list = []
+
+    async def on_reply(msg) -> None:
+        done, wav = AudioReply.decode(msg.data)
+        # At this moment the worker has not stored it yet (it stores after replying) or just did.
+        await replies.put((done, wav))
+
+    async def on_foreign(msg) -> None:
+        foreign.append(msg)
+
+    await h.nc.subscribe(subject, cb=on_reply)
+    await h.nc.subscribe(h.names.synth("bulk"), cb=on_foreign)  # what a hostile reply_to might aim at
+    short = SynthRequest(job_id="rp", chunk_id="short", text="A short answer for a waiting caller.", reply_to=subject)
+    # ~60 s of speech: more than one NATS message (1 MiB) holds, so it only comes through the store.
+    long_text = " ".join(WORDS * 10)
+    long = SynthRequest(job_id="rp", chunk_id="long", text=long_text, reply_to=subject)
+    hostile = SynthRequest(job_id="rp", chunk_id="hostile", text="Aimed at another subject.",
+                           reply_to=h.names.synth("bulk"))
+    async with h.waiter("rp") as waiter:
+        await h.start_worker()
+        for request in (short, long, hostile):
+            await publish_synth(h.js, h.names, request, "interactive")
+        outcomes = await waiter.wait_for("rp", ["short", "long", "hostile"], timeout_s=30)
+    assert all(isinstance(o, ChunkDone) and not o.cached for o in outcomes.values())
+    done, wav = await asyncio.wait_for(replies.get(), 5)
+    assert replies.empty() and done.chunk_id == "short"  # one reply: the long answer did not fit
+    assert done.key == outcomes["short"].key and done.timings.store_s == 0.0
+    assert wav == await h.store.get(done.key)  # the very bytes that were stored afterwards
+    assert outcomes["short"].loudness_lufs is not None  # measured after the reply, still recorded
+    assert outcomes["long"].bytes > h.nc.max_payload
+    assert foreign == []  # a worker publishes replies only under its pipeline's reply prefix

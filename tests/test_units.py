@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.backend import HiggsClient, STOP_STRINGS, max_tokens_for
-from pipeline.messages import DEFAULT_SCENE_PROMPT, Reference, Sampling, SynthRequest
+from pipeline.messages import DEFAULT_SCENE_PROMPT, AudioReply, ChunkDone, ChunkTimings, Reference, Sampling, SynthRequest
 from pipeline.policy import backoff_s, is_last_attempt
 from pipeline.settings import Settings
 from pipeline.subjects import Names
@@ -147,3 +147,24 @@ def test_delivery_policy_limits_attempts_and_age():
     assert policy.too_old(61.0) and not policy.too_old(59.0)
     unlimited = DeliveryPolicy(max_deliver=5, base_delay_s=1.0, max_delay_s=10.0)
     assert unlimited.after_failure(2, age_s=10**6, rng=rng).retry and not unlimited.too_old(10**9)
+
+
+def test_audio_reply_round_trip_and_damage():
+    done = ChunkDone(job_id="gw-1", chunk_id="c1", key="audio/x.wav", duration_s=1.5, sample_rate_hz=24000,
+                     bytes=72044, cached=False, attempt=1, worker="w", timings=ChunkTimings(synth_s=0.2))
+    wav = bytes(range(256)) * 10
+    data = AudioReply.encode(done, wav)
+    assert len(data) == AudioReply.size(done, wav)
+    assert AudioReply.decode(data) == (done, wav)
+    with pytest.raises(ValueError, match="cut short"):
+        AudioReply.decode(data[:20])
+    with pytest.raises(ValueError, match="shorter than its header"):
+        AudioReply.decode(b"\x00")
+    with pytest.raises(ValidationError):
+        AudioReply.decode(len(b"{}").to_bytes(4, "big") + b"{}" + wav)
+
+
+@pytest.mark.parametrize("subject", ["a b", "tts.reply.*", "tts.>", "", ".x", "x..y"])
+def test_reply_to_must_be_a_plain_subject(subject):
+    with pytest.raises(ValidationError):
+        SynthRequest(job_id="j", chunk_id="c", text="hi", reply_to=subject)
