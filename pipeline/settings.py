@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     # Messages a worker may hold beyond `max_in_flight` while their audio is checked, stored and
     # reported: the model-call slots are refilled as soon as an answer arrives.
     finishing_slots: int = Field(default=8, ge=0, le=4096)
+    # Share of `max_in_flight` that bulk work leaves free while interactive requests are arriving
+    # (one started in the last `interactive_hold_s`): they find a call slot at once and a batch
+    # that is not full. With no interactive traffic bulk uses every slot.
+    interactive_reserve: float = Field(default=0.25, ge=0.0, le=0.9)
+    interactive_hold_s: float = Field(default=30.0, ge=0.0)
     ack_wait_s: float = Field(default=60.0, gt=0)
     max_deliver: int = Field(default=5, ge=1)
     retry_base_delay_s: float = Field(default=0.5, ge=0)

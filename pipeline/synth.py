@@ -16,10 +16,11 @@ together, and a fresh answer that fits in one NATS message goes to the waiting g
 `AudioReply` right after the checks, before its loudness is measured and before it is stored;
 storing, the done event and the ack follow as for any request.
 
-Scheduling: the worker holds at most `max_in_flight` messages, all of them being worked on.
-Each time a slot frees, it asks the interactive consumer first (a no-wait pull), then the bulk
-one; only when both are empty does it wait (`poll_s`) on bulk, which bounds the delay an
-interactive request sees on an idle worker.
+Scheduling: the worker makes at most `max_in_flight` model calls at once (plus up to
+`finishing_slots` messages being stored and reported). Each time a slot frees, it asks the
+interactive consumer first (a no-wait pull), then the bulk one; when both are empty it waits on
+both at once (`poll_s`). While interactive requests are arriving, bulk leaves
+`interactive_reserve` of the slots free, so they start at once on a batch that is not full.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import os
 import random
 import socket
@@ -95,15 +97,16 @@ class _CallSlot:
     """A message's claim on one of `max_in_flight` model-call slots, given back (once) as soon as
     the model has answered, so storing and reporting overlap the next call."""
 
-    def __init__(self, worker: "SynthWorker"):
+    def __init__(self, worker: "SynthWorker", priority: str):
         self._worker = worker
+        self._priority = priority
         self._held = True
-        worker._calling += 1
+        worker._calling[priority] += 1
 
     def release(self) -> None:
         if self._held:
             self._held = False
-            self._worker._calling -= 1
+            self._worker._calling[self._priority] -= 1
             self._worker._slot_freed.set()
 
 
@@ -166,8 +169,11 @@ class SynthWorker:
         self.policy = DeliveryPolicy.from_settings(settings)
         self.metrics = WorkerMetrics(self)
         self._ready = False
-        self._reserved = 0  # slots held by idle pulls that may still deliver a message
-        self._calling = 0  # messages started and not yet answered by the model server
+        # Slots held by idle pulls that may still deliver a message, and messages started and
+        # not yet answered by the model server, per priority.
+        self._reserved = {p: 0 for p in PRIORITIES}
+        self._calling = {p: 0 for p in PRIORITIES}
+        self._interactive_seen = -math.inf  # monotonic time an interactive request last started
         self._store_down = asyncio.Event()
         self._store_probe: asyncio.Task | None = None
         self._idle_waits: dict[str, asyncio.Task | None] = {}
@@ -262,7 +268,8 @@ class SynthWorker:
                 paused = False
             # Model calls never exceed `max_in_flight`; a few more messages may be finishing
             # (checked, stored, reported) while the next calls already run.
-            free = min(limit - self._calling, limit + self.settings.finishing_slots - len(self._tasks)) - self._reserved
+            calling, reserved = sum(self._calling.values()), sum(self._reserved.values())
+            free = min(limit - calling, limit + self.settings.finishing_slots - len(self._tasks)) - reserved
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -273,18 +280,31 @@ class SynthWorker:
                 log.warning("synth.pull_failed", error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(min(1.0, self.settings.poll_s * 5))
 
+    def bulk_room(self) -> int:
+        """Bulk calls that may start now: every slot, less the interactive reserve while
+        interactive requests are arriving."""
+        limit = self.settings.max_in_flight
+        if time.monotonic() - self._interactive_seen < self.settings.interactive_hold_s:
+            limit -= math.floor(limit * self.settings.interactive_reserve)
+        return limit - self._calling[PRIORITY_BULK] - self._reserved[PRIORITY_BULK]
+
     async def _pull_some(self, free: int) -> None:
         """Start up to `free` messages: interactive first, then bulk; wait a little when idle."""
         for priority in (PRIORITY_INTERACTIVE, PRIORITY_BULK):
-            msgs = await self._pullers[priority].pull(free)
+            want = free if priority == PRIORITY_INTERACTIVE else min(free, self.bulk_room())
+            msgs = await self._pullers[priority].pull(want) if want > 0 else []
             if msgs:
                 for msg in msgs:
                     self._start(msg, priority)
                 return
         # Idle: wait on both queues at once (one wait per queue, each holding a reserved slot
         # until its pull request is over), so an interactive request starts the moment it
-        # arrives; with one free slot, wait on bulk alone (interactive then waits <= `poll_s`).
-        order = (PRIORITY_INTERACTIVE, PRIORITY_BULK) if free >= 2 else (PRIORITY_BULK,)
+        # arrives; with one free slot, wait on bulk alone (interactive then waits <= `poll_s`);
+        # with no room for bulk, on interactive alone.
+        if self.bulk_room() <= 0:
+            order: tuple[str, ...] = (PRIORITY_INTERACTIVE,)
+        else:
+            order = (PRIORITY_INTERACTIVE, PRIORITY_BULK) if free >= 2 else (PRIORITY_BULK,)
         for priority in order:
             waiting = self._idle_waits.get(priority)
             if (waiting is None or waiting.done()) and free > 0:
@@ -295,14 +315,14 @@ class SynthWorker:
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
 
     async def _reserved_pull(self, priority: str) -> None:
-        self._reserved += 1
+        self._reserved[priority] += 1
         try:
             msgs = await self._pullers[priority].pull(1, wait_s=self.settings.poll_s)
         except Exception as exc:  # NATS away or the worker stopping: nothing was taken
             log.debug("synth.idle_pull_failed", error=f"{type(exc).__name__}: {exc}")
             msgs = []
         finally:
-            self._reserved -= 1
+            self._reserved[priority] -= 1
         for msg in msgs:
             if self._stopping.is_set():
                 with contextlib.suppress(Exception):
@@ -312,7 +332,9 @@ class SynthWorker:
         self._slot_freed.set()
 
     def _start(self, msg: Msg, priority: str) -> None:
-        task = asyncio.create_task(self._handle(msg, priority, _CallSlot(self)))
+        if priority == PRIORITY_INTERACTIVE:
+            self._interactive_seen = time.monotonic()
+        task = asyncio.create_task(self._handle(msg, priority, _CallSlot(self, priority)))
         self._tasks.add(task)
         self.stats.in_flight = len(self._tasks)
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)

@@ -192,6 +192,38 @@ async def test_interactive_overtakes_queued_bulk(sims, harness):
     assert bulk_after > 100, f"interactive finished at positions {positions}"
 
 
+async def test_bulk_leaves_the_reserve_free_while_interactive_requests_arrive(sims, harness):
+    sim = sims(latency_s=0.3, slots=256)
+    h = await harness(backend_urls=[sim.url], max_in_flight=8, interactive_reserve=0.25, interactive_hold_s=1.5)
+    samples: list[tuple[float, int, int]] = []  # (time, bulk calls, interactive calls)
+    async with h.waiter() as waiter:
+        await publish_all(h, requests_for("bulk-r", 120))
+        worker = await h.start_worker()
+        loop = asyncio.get_running_loop()
+
+        async def watch() -> None:
+            while True:
+                samples.append((loop.time(), worker._calling["bulk"], worker._calling["interactive"]))
+                await asyncio.sleep(0.02)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(1.0)
+        started = loop.time()
+        await publish_all(h, [SynthRequest(job_id="ia", chunk_id=str(i), text=f"Interactive {i}: {text_for(i)}")
+                                 for i in range(2)],
+                          priority="interactive")
+        await waiter.wait_for("ia", ["0", "1"], timeout_s=10)
+        await asyncio.sleep(2.5)  # past the hold: bulk takes every slot again
+        watcher.cancel()
+    before = [b for t, b, _ in samples if t < started]
+    during = [b for t, b, _ in samples if started + 0.7 < t < started + 1.5]
+    after = [b for t, b, _ in samples if t > samples[-1][0] - 0.5]
+    assert max(before) == 8  # all slots to bulk with no interactive traffic
+    assert during and max(during) <= 6  # 8 - floor(8 * 0.25) once the running bulk calls ended
+    assert max(after) == 8
+    assert max(i for _, _, i in samples) >= 1
+
+
 @pytest.mark.parametrize(
     "payload",
     [b"this is not json", json.dumps({"job_id": "schema", "chunk_id": "0"}).encode(), b'{"job_id": "schema", "text": 5}'],
