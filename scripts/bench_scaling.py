@@ -174,15 +174,17 @@ async def wait_gateway(url: str, timeout_s: float = 60.0) -> None:
 
 async def interactive(lab: Lab, args) -> None:
     for in_flight in args.interactive_in_flight:
-        await interactive_at(lab, args, in_flight)
+        for reserve in args.interactive_reserve:
+            await interactive_at(lab, args, in_flight, reserve)
 
 
-async def interactive_at(lab: Lab, args, in_flight: int) -> None:
+async def interactive_at(lab: Lab, args, in_flight: int, reserve: float) -> None:
     print(f"\nc) interactive under bulk load: stand-in {SLOTS} slots, {args.tokens_per_s:g} tokens/s; one worker, "
-          f"in-flight {in_flight}; gateway /generate of a 6-word text (2.4 s), {args.interactive} requests 2 at a time; "
-          f"bulk job: {BULK_CHUNKS} chunks of the bench's eight texts (0.8-13 s); load {load_avg():.2f}", flush=True)
+          f"in-flight {in_flight}, interactive reserve {reserve:g}; gateway /generate of a 6-word text (2.4 s), "
+          f"{args.interactive} requests 2 at a time; bulk job: {BULK_CHUNKS} chunks of the bench's eight texts "
+          f"(0.8-13 s); load {load_avg():.2f}", flush=True)
     engine = lab.engine(tokens_per_s=args.tokens_per_s)
-    s = lab.settings([engine.url], max_in_flight=in_flight)
+    s = lab.settings([engine.url], max_in_flight=in_flight, interactive_reserve=reserve)
     port = free_port()
     children = lab.workers(s) + [lab.child(["gateway", "--port", str(port)], s)]
     url = f"http://127.0.0.1:{port}"
@@ -212,10 +214,12 @@ async def interactive_at(lab: Lab, args, in_flight: int) -> None:
               f"{full}; bulk chunks still queued after: {left} | load {load_avg():.2f}", flush=True)
     lab.release(children)
     m = {k: median([r[k] for r in rows]) for k in rows[0]}
-    print(f"  c) medians, worker in-flight {in_flight}: interactive p50 {m['loaded_p50']:.2f} s under the bulk job vs "
-          f"{m['idle_p50']:.2f} s idle = {m['ratio']:.2f}x (goal <= 1.5x); a batch of {in_flight} is worth "
-          f"{batch_capacity(args.tokens_per_s, in_flight):.1f} audio s/s to the bulk job (the stand-in's formula; "
-          f"{batch_capacity(args.tokens_per_s, SLOTS):.1f} at {SLOTS})")
+    bulk_batch = in_flight - math.floor(in_flight * reserve)
+    print(f"  c) medians, worker in-flight {in_flight}, reserve {reserve:g}: interactive p50 {m['loaded_p50']:.2f} s "
+          f"under the bulk job vs {m['idle_p50']:.2f} s idle = {m['ratio']:.2f}x (goal <= 1.5x); while interactive "
+          f"requests arrive the bulk job keeps {bulk_batch} calls, worth {batch_capacity(args.tokens_per_s, bulk_batch):.1f} "
+          f"audio s/s (the stand-in's formula; {batch_capacity(args.tokens_per_s, SLOTS):.1f} at {SLOTS}, which it "
+          f"gets back {s.interactive_hold_s:g} s after the last interactive request)")
 
 
 def batch_capacity(tokens_per_s: float, batch: int, penalty: float = 0.02) -> float:
@@ -403,6 +407,8 @@ def main() -> None:
     parser.add_argument("--interactive", type=int, default=8, help="c): interactive requests per measurement")
     parser.add_argument("--interactive-in-flight", type=int, nargs="+", default=[SLOTS],
                         help="c): worker in-flight values to measure (default: 32, the stand-in's slots)")
+    parser.add_argument("--interactive-reserve", type=float, nargs="+", default=[Settings().interactive_reserve],
+                        help="c): TTS_INTERACTIVE_RESERVE values to measure (default: the setting's default)")
     parser.add_argument("--chunks", type=int, default=600, help="d): chunks per measurement")
     parser.add_argument("--max-load", type=float, default=1.5, help="wait for the 1-min load to drop below this")
     parser.add_argument("--max-wait-s", type=float, default=120.0, help="... for at most this long")
