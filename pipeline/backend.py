@@ -17,6 +17,7 @@ import base64
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -208,8 +209,9 @@ class HiggsClient:
                 result[server.url] = []
         return result
 
-    async def synthesize(self, request: SynthRequest) -> BackendAnswer:
-        """Audio for one request, from the least-loaded healthy server.
+    async def synthesize(self, request: SynthRequest, answered: Callable[[], None] | None = None) -> BackendAnswer:
+        """Audio for one request, from the least-loaded healthy server. `answered`, when given,
+        is called the moment the server's answer has arrived, before it is decoded.
 
         Raises `BackendRetryable` (connect/timeout/429/5xx), `BackendPermanent` (other 4xx),
         or `AudioInvalid` (an answer without usable audio).
@@ -220,9 +222,9 @@ class HiggsClient:
         started = time.perf_counter()
         try:
             if request.voice and request.reference is None:
-                answer = await self._speech(server, request)
+                answer = await self._speech(server, request, answered)
             else:
-                answer = await self._chat(server, request)
+                answer = await self._chat(server, request, answered)
         except httpx.TimeoutException as exc:
             self._failed(server, "timeout", unreachable=isinstance(exc, httpx.ConnectTimeout))
             raise BackendRetryable(f"model server {server.url} timed out: {type(exc).__name__}") from exc
@@ -266,13 +268,15 @@ class HiggsClient:
             payload["seed"] = sampling.seed
         return payload
 
-    async def _chat(self, server: _Server, request: SynthRequest) -> BackendAnswer:
+    async def _chat(self, server: _Server, request: SynthRequest, answered: Callable[[], None] | None) -> BackendAnswer:
         reference_b64 = None
         if request.reference is not None:
             if self._load_reference is None:
                 raise BackendPermanent("request has a reference voice but no store to load it from")
             reference_b64 = base64.b64encode(await self._load_reference(request.reference.audio_key)).decode()
         response = await server.post("/v1/chat/completions", self.chat_payload(request, reference_b64))
+        if answered is not None:
+            answered()
         _raise_for_status(response, server.url)
         try:
             body = response.json()
@@ -292,7 +296,7 @@ class HiggsClient:
             finish_reason=choice.get("finish_reason"), headers=dict(response.headers),
         )
 
-    async def _speech(self, server: _Server, request: SynthRequest) -> BackendAnswer:
+    async def _speech(self, server: _Server, request: SynthRequest, answered: Callable[[], None] | None) -> BackendAnswer:
         sampling = request.sampling
         payload = {
             "model": request.model or self.settings.model,
@@ -305,6 +309,8 @@ class HiggsClient:
             "max_tokens": max_tokens_for(request.text, sampling.max_tokens, self.settings.words_per_s),
         }
         response = await server.post("/v1/audio/speech", payload)
+        if answered is not None:
+            answered()
         _raise_for_status(response, server.url)
         pcm = response.content
         # Errors after streaming started arrive inside a 200 body as JSON text (quirk §3.10).

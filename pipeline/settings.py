@@ -64,8 +64,9 @@ class Settings(BaseSettings):
     # --- synth worker ---
     max_in_flight: int = Field(default=32, ge=1, le=4096)
     # Messages a worker may hold beyond `max_in_flight` while their audio is checked, stored and
-    # reported: the model-call slots are refilled as soon as an answer arrives.
-    finishing_slots: int = Field(default=8, ge=0, le=4096)
+    # reported: the model-call slots are refilled as soon as an answer arrives, even when a whole
+    # batch answers at once.
+    finishing_slots: int = Field(default=32, ge=0, le=4096)
     # Share of `max_in_flight` that bulk work leaves free while interactive requests are arriving
     # (one started in the last `interactive_hold_s`): they find a call slot at once and a batch
     # that is not full. With no interactive traffic bulk uses every slot.

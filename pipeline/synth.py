@@ -33,6 +33,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -435,7 +436,8 @@ class SynthWorker:
             if reply_to:
                 # Someone is waiting: ask the model at once, in parallel with the cache lookup
                 # (a hit cancels the call a few milliseconds after it started).
-                synthesis = asyncio.create_task(self._synthesize_checked(request, measure_loudness=False))
+                synthesis = asyncio.create_task(
+                    self._synthesize_checked(request, measure_loudness=False, answered=slot.release))
             try:
                 head = await self.store.head(key)
             except BaseException:
@@ -453,7 +455,7 @@ class SynthWorker:
             else:
                 t0 = time.perf_counter()
                 # A waiting gateway gets the audio first; loudness is measured after that.
-                checked, answer, wer, takes = await (synthesis or self._synthesize_checked(request))
+                checked, answer, wer, takes = await (synthesis or self._synthesize_checked(request, answered=slot.release))
                 slot.release()
                 synth_s = time.perf_counter() - t0
                 self.metrics.synth_seconds.observe(synth_s)
@@ -541,15 +543,18 @@ class SynthWorker:
         self._store_probe = asyncio.create_task(probe())
 
     async def _synthesize_checked(self, request: SynthRequest, measure_loudness: bool = True,
+                                  answered: Callable[[], None] | None = None,
                                   ) -> tuple[CheckedAudio, BackendAnswer, float | None, int]:
         """Audio for `request` that passed every check, canonical and trimmed: (audio, answer,
         WER or None, takes). A failed audio check raises `AudioInvalid` (retried by redelivery);
         with the ASR gate, a take whose WER is too high is followed by one with a new seed, and
-        `AsrRejected` (permanent) is raised when `verify_max_attempts` takes all failed."""
+        `AsrRejected` (permanent) is raised when `verify_max_attempts` takes all failed.
+        `answered` is called when the model's answer arrives (with the gate: never, since
+        another take may follow), so the call slot is refilled before the answer is decoded."""
         takes = self.settings.verify_max_attempts if self.gate is not None else 1
         verdict = None
         for take in range(1, takes + 1):
-            answer = await self.client.synthesize(retake(request, take))
+            answer = await self.client.synthesize(retake(request, take), answered if takes == 1 else None)
             checked = check_answer(to_mono_int16(answer.wav), answer.wav.fmt.sample_rate_hz, request.text, self.bounds,
                                    measure_loudness)
             if self.gate is None:
