@@ -103,6 +103,10 @@ class EngineProcess:
         self.stop()
         raise StartupError(f"engine on {self.url} not ready after {ENGINE_READY_TIMEOUT_S:.0f} s; see {self.log_path}")
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None or self._proc.poll() is not None else self._proc.pid
+
     def stop(self) -> None:
         if self._proc is None or self._proc.poll() is not None:
             return

@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 
 from pipeline.backend import HiggsClient
+from pipeline.bench_lab import cpu_s
 from pipeline.devstack import DevStack, free_port
 from pipeline.embedded import EngineProcess
 from pipeline.messages import SynthRequest
@@ -83,7 +84,12 @@ async def timed(concurrency: int, count: int, call) -> list[float]:
     return latencies
 
 
-async def measure(settings: Settings, engine_url: str, gateway_url: str, concurrency: int, count: int) -> dict:
+def cpu_snapshot(pids: dict[str, int | None]) -> dict[str, float]:
+    return {name: cpu_s(pid) for name, pid in pids.items() if pid}
+
+
+async def measure(settings: Settings, engine_url: str, gateway_url: str, concurrency: int, count: int,
+                  pids: dict[str, int | None]) -> dict:
     payloads = HiggsClient(settings)  # only to build the exact chat payload the worker sends
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=120, limits=limits, trust_env=False) as client:
@@ -105,14 +111,30 @@ async def measure(settings: Settings, engine_url: str, gateway_url: str, concurr
         warm = max(4, concurrency)
         await timed(concurrency, warm, direct)
         await timed(concurrency, warm, via_gateway)
-        # Interleave the two so drifts of a shared 2-core machine hit both alike.
+        # Interleave the two so drifts of a shared 2-core machine hit both alike; count the CPU
+        # every process spends during the gateway rounds.
+        spent: dict[str, float] = {}
+        gateway_wall = 0.0
+
+        async def gateway_round(n: int) -> list[float]:
+            nonlocal gateway_wall
+            before, t0 = cpu_snapshot(pids), time.perf_counter()
+            latencies = await timed(concurrency, n, via_gateway)
+            gateway_wall += time.perf_counter() - t0
+            after = cpu_snapshot(pids)
+            for name in after:
+                spent[name] = spent.get(name, 0.0) + after[name] - before.get(name, after[name])
+            return latencies
+
         d1 = await timed(concurrency, count // 2, direct)
-        g1 = await timed(concurrency, count // 2, via_gateway)
+        g1 = await gateway_round(count // 2)
         d2 = await timed(concurrency, count - count // 2, direct)
-        g2 = await timed(concurrency, count - count // 2, via_gateway)
+        g2 = await gateway_round(count - count // 2)
     await payloads.aclose()
     d, g = d1 + d2, g1 + g2
     return {
+        "cpu_ms_per_request": {name: s * 1e3 / count for name, s in spent.items()},
+        "gateway_rate": count / gateway_wall,
         "direct_p50": percentile(d, 0.5), "direct_p95": percentile(d, 0.95),
         "gateway_p50": percentile(g, 0.5), "gateway_p95": percentile(g, 0.95),
         "direct_mean": statistics.fmean(d), "gateway_mean": statistics.fmean(g),
@@ -164,14 +186,21 @@ def main() -> None:
                 try:
                     gateway_url = f"http://127.0.0.1:{port}"
                     wait_ready(gateway_url)
+                    pids = {"gateway": procs[1].pid, "worker": procs[0].pid, "nats": stack.nats.pid,
+                            "weed": stack.s3.pid, "engine": engine.pid}
                     for concurrency in args.concurrency:
-                        m = asyncio.run(measure(settings, engine.url, gateway_url, concurrency, args.requests))
+                        m = asyncio.run(measure(settings, engine.url, gateway_url, concurrency, args.requests, pids))
                         added50 = m["gateway_p50"] - m["direct_p50"]
                         added95 = m["gateway_p95"] - m["direct_p95"]
                         print(f"{poll_s:>6.2f} {concurrency:>4} | {m['direct_p50'] * 1e3:>8.1f}ms {m['direct_p95'] * 1e3:>5.1f}ms"
                               f" | {m['gateway_p50'] * 1e3:>9.1f}ms {m['gateway_p95'] * 1e3:>5.1f}ms"
                               f" | {added50 * 1e3:>7.1f}ms {added95 * 1e3:>5.1f}ms {added50 / m['direct_p50']:>6.1%}",
                               flush=True)
+                        cpu = m["cpu_ms_per_request"]
+                        total = sum(cpu.values())
+                        print(f"{'':>11} CPU per /generate: " + ", ".join(f"{k} {v:.1f} ms" for k, v in cpu.items())
+                              + f"; total {total:.1f} ms x {m['gateway_rate']:.1f} req/s = "
+                              f"{total * m['gateway_rate'] / 1e3:.2f} of {os.cpu_count()} cores", flush=True)
                 finally:
                     for proc in procs:
                         proc.terminate()
