@@ -247,8 +247,8 @@ def speech_span(samples: np.ndarray, sample_rate_hz: int) -> tuple[int, int] | N
     n_frames = samples.size // frame
     if n_frames == 0:
         return (0, samples.size) if np.any(samples) else None
-    body = samples[: n_frames * frame].astype(np.float64).reshape(n_frames, frame) / 32768.0
-    rms = np.sqrt(np.mean(body * body, axis=1))
+    body = samples[: n_frames * frame].reshape(n_frames, frame).astype(np.float32)
+    rms = np.sqrt(np.einsum("ij,ij->i", body, body) / frame) / 32768.0
     peak = float(rms.max())
     if peak <= 0.0:
         return None
