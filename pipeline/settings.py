@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # Share of `max_in_flight` that bulk work leaves free while interactive requests are arriving
     # (one started in the last `interactive_hold_s`): they find a call slot at once and a batch
     # that is not full. With no interactive traffic bulk uses every slot.
+    # Treat `max_in_flight` as a ceiling and find the number of calls that keeps the model
+    # servers' batch full by measuring throughput and call time (pipeline/adaptive.py).
+    adaptive_in_flight: bool = False
+    adaptive_window_s: float = Field(default=5.0, gt=0)
     interactive_reserve: float = Field(default=0.25, ge=0.0, le=0.9)
     interactive_hold_s: float = Field(default=30.0, ge=0.0)
     ack_wait_s: float = Field(default=60.0, gt=0)

@@ -43,6 +43,7 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from pipeline import bus
+from pipeline.adaptive import AdaptiveLimit
 from pipeline.audio import AudioBounds, CheckedAudio, check_answer, encode_wav, loudness_lufs, to_mono_int16
 from pipeline.backend import BackendAnswer, HiggsClient
 from pipeline.errors import Permanent, Retryable, StoreRetryable
@@ -175,6 +176,8 @@ class SynthWorker:
         self._reserved = {p: 0 for p in PRIORITIES}
         self._calling = {p: 0 for p in PRIORITIES}
         self._interactive_seen = -math.inf  # monotonic time an interactive request last started
+        self.adaptive = (AdaptiveLimit(settings.max_in_flight, settings.adaptive_window_s)
+                         if settings.adaptive_in_flight else None)
         self._store_down = asyncio.Event()
         self._store_probe: asyncio.Task | None = None
         self._idle_waits: dict[str, asyncio.Task | None] = {}
@@ -200,7 +203,8 @@ class SynthWorker:
 
     async def run(self) -> None:
         await self.setup()
-        log.info("synth.started", worker=self.name, max_in_flight=self.settings.max_in_flight, backends=self.client.urls)
+        log.info("synth.started", worker=self.name, max_in_flight=self.settings.max_in_flight, backends=self.client.urls,
+                 adaptive=self.adaptive is not None)
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         try:
             await self._pull_loop()
@@ -220,7 +224,7 @@ class SynthWorker:
     def heartbeat(self, backend_health: dict[str, bool], voices: dict[str, list[str]] | None = None) -> WorkerHeartbeat:
         s = self.stats
         return WorkerHeartbeat(
-            worker=self.name, max_in_flight=self.settings.max_in_flight, in_flight=s.in_flight,
+            worker=self.name, max_in_flight=self.call_limit, in_flight=s.in_flight,
             peak_in_flight=s.peak_in_flight, synthesized=s.synthesized, cached=s.cached, failed=s.failed,
             retried=s.retried, backends=[
                 BackendStatus(url=b["url"], healthy=backend_health.get(b["url"], False) and b["healthy"],
@@ -251,8 +255,12 @@ class SynthWorker:
         s = self.stats
         return {"synthesized": s.synthesized, "cached": s.cached, "failed": s.failed, "retried": s.retried}
 
+    @property
+    def call_limit(self) -> int:
+        """Model calls this worker may have running now: `max_in_flight`, or the adaptive limit."""
+        return self.adaptive.limit if self.adaptive is not None else self.settings.max_in_flight
+
     async def _pull_loop(self) -> None:
-        limit = self.settings.max_in_flight
         paused = False
         while not self._stopping.is_set():
             blocked = ("all model servers down" if self.client.all_down()
@@ -270,6 +278,10 @@ class SynthWorker:
             # Model calls never exceed `max_in_flight`; a few more messages may be finishing
             # (checked, stored, reported) while the next calls already run.
             calling, reserved = sum(self._calling.values()), sum(self._reserved.values())
+            if self.adaptive is not None:
+                self.adaptive.used(calling)
+                self.adaptive.tick(time.monotonic())
+            limit = self.call_limit
             free = min(limit - calling, limit + self.settings.finishing_slots - len(self._tasks)) - reserved
             if free <= 0:
                 self._slot_freed.clear()
@@ -284,7 +296,7 @@ class SynthWorker:
     def bulk_room(self) -> int:
         """Bulk calls that may start now: every slot, less the interactive reserve while
         interactive requests are arriving."""
-        limit = self.settings.max_in_flight
+        limit = self.call_limit
         if time.monotonic() - self._interactive_seen < self.settings.interactive_hold_s:
             limit -= math.floor(limit * self.settings.interactive_reserve)
         return limit - self._calling[PRIORITY_BULK] - self._reserved[PRIORITY_BULK]
@@ -459,6 +471,8 @@ class SynthWorker:
                 slot.release()
                 synth_s = time.perf_counter() - t0
                 self.metrics.synth_seconds.observe(synth_s)
+                if self.adaptive is not None:
+                    self.adaptive.record(checked.duration_s, answer.elapsed_s)
                 backend_url = answer.url
                 repairs = answer.wav.repairs
                 engine_note = answer.headers.get(ENGINE_NOTE_HEADER) or None

@@ -28,8 +28,8 @@ class _WorkerCollector:
         in_flight = GaugeMetricFamily("tts_worker_in_flight", "Messages being worked on", labels=labels)
         in_flight.add_metric([w.name], stats.in_flight)
         yield in_flight
-        limit = GaugeMetricFamily("tts_worker_max_in_flight", "Model-call slots of this worker", labels=labels)
-        limit.add_metric([w.name], w.settings.max_in_flight)
+        limit = GaugeMetricFamily("tts_worker_max_in_flight", "Model-call slots of this worker (the adaptive limit when on)", labels=labels)
+        limit.add_metric([w.name], w.call_limit)
         yield limit
         backend_up = GaugeMetricFamily("tts_worker_backend_healthy", "1 when the model server is in service",
                                        labels=labels + ["backend"])
