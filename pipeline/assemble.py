@@ -3,9 +3,13 @@
 Each chunk is read from the store, its speech brought to `target_lufs` (gain limited to
 ±`max_gain_db`, peaks kept under full scale), its edges faded over `crossfade_s`, and written
 after a `pause_s` of silence to an encoder (wav/flac/mp3 through soundfile) that streams into a
-temporary file; the file then goes up as a multipart upload. Only one chunk is in memory at a
-time, whatever the chapter's length. The chapter's duration is exactly the sum of its chunks
-plus one pause between each two.
+temporary file; the file then goes up as a multipart upload. The next few chunks are read while
+one is joined (`PREFETCH`), so at most that many are in memory, whatever the chapter's length.
+The chapter's duration is exactly the sum of its chunks plus one pause between each two.
+
+A chunk's loudness comes from its plan entry (the assembler fills in what the synth worker
+measured); only a chunk without one is measured here, and only then is the loudness meter
+(scipy) imported: the joining itself needs numpy and soundfile alone (`pipeline.wavio`).
 """
 
 from __future__ import annotations
@@ -15,16 +19,17 @@ import json
 import math
 import re
 import tempfile
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 import soundfile as sf
 
-from pipeline.audio import decode_wav, loudness_lufs
-from pipeline.jobs import ChapterPlan
+from pipeline.jobs import ChapterPlan, PlannedChunk
 from pipeline.settings import Settings
 from pipeline.store import Store
 from pipeline.subjects import CHAPTER_KEY, SUBTITLES_KEY, TIMING_KEY
+from pipeline.wavio import decode_wav
 
 FORMATS = {  # format -> (soundfile format, subtype, content type)
     "wav": ("WAV", "PCM_16", "audio/wav"),
@@ -32,6 +37,7 @@ FORMATS = {  # format -> (soundfile format, subtype, content type)
     "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"),
 }
 PEAK_LIMIT = 0.97  # of full scale, after the loudness gain
+PREFETCH = 4  # chunk reads running ahead of the join (~0.7 MB each for 15 s)
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,25 @@ def chapter_key(plan: ChapterPlan) -> str:
     return CHAPTER_KEY.format(job_id=plan.job_id, index=plan.chapter, slug=slug(plan.title), fmt=plan.format)
 
 
-def gain_for(samples: np.ndarray, sample_rate_hz: int, target_lufs: float, max_gain_db: float) -> float:
-    """Linear gain that brings the chunk's speech to `target_lufs`, limited so it never clips."""
-    level = loudness_lufs(samples, sample_rate_hz)
+def measure_lufs(samples: np.ndarray, sample_rate_hz: int) -> float | None:
+    """The chunk's integrated loudness, for chunks whose plan entry lacks it.
+
+    Imported here, not at the top: the loudness meter's imports (scipy) are most of an assembler's
+    memory, and chunks stored by the synth worker come with their loudness measured.
+    """
+    from pipeline.audio import loudness_lufs
+
+    return loudness_lufs(samples, sample_rate_hz)
+
+
+def gain_for(samples: np.ndarray, sample_rate_hz: int, target_lufs: float, max_gain_db: float,
+             level: float | None = None) -> float:
+    """Linear gain that brings the chunk's speech to `target_lufs`, limited so it never clips.
+
+    `level` is the chunk's loudness when known (LUFS); None measures it.
+    """
+    if level is None:
+        level = measure_lufs(samples, sample_rate_hz)
     gain_db = 0.0 if level is None else max(-max_gain_db, min(max_gain_db, target_lufs - level))
     gain = 10 ** (gain_db / 20)
     peak = float(np.max(np.abs(samples))) / 32768.0 if samples.size else 0.0
@@ -75,10 +97,11 @@ def gain_for(samples: np.ndarray, sample_rate_hz: int, target_lufs: float, max_g
     return gain
 
 
-def shape_chunk(samples: np.ndarray, sample_rate_hz: int, settings: Settings) -> np.ndarray:
-    """float32 samples of one chunk: loudness-matched, edges faded."""
+def shape_chunk(samples: np.ndarray, sample_rate_hz: int, settings: Settings,
+                level: float | None = None) -> np.ndarray:
+    """float32 samples of one chunk: loudness-matched (`level`: its LUFS when known), edges faded."""
     x = samples.astype(np.float32) / 32768.0
-    x *= gain_for(samples, sample_rate_hz, settings.target_lufs, settings.max_gain_db)
+    x *= gain_for(samples, sample_rate_hz, settings.target_lufs, settings.max_gain_db, level)
     fade = min(int(settings.crossfade_s * sample_rate_hz), x.size // 2)
     if fade > 0:
         ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
@@ -102,6 +125,30 @@ def webvtt(cues: list[Cue]) -> str:
     return "\n".join(lines)
 
 
+async def fetched(store: Store, chunks: list[PlannedChunk], ahead: int = PREFETCH):
+    """Yield (chunk, its stored bytes) in order, with up to `ahead` reads running in advance.
+
+    The reads overlap the joining (a chunk's GET is mostly waiting); memory stays bounded by
+    `ahead` chunks whatever the chapter's length.
+    """
+    pending: deque[tuple[PlannedChunk, asyncio.Future]] = deque()
+    rest = iter(chunks)
+    try:
+        for chunk in rest:
+            pending.append((chunk, asyncio.ensure_future(store.get(chunk.key))))
+            if len(pending) > ahead:
+                first, read = pending.popleft()
+                yield first, await read
+        while pending:
+            first, read = pending.popleft()
+            yield first, await read
+    finally:
+        for _, read in pending:
+            read.cancel()
+        if pending:
+            await asyncio.gather(*(read for _, read in pending), return_exceptions=True)
+
+
 async def assemble_chapter(store: Store, plan: ChapterPlan, settings: Settings, keepalive=None) -> AssembledChapter:
     """Build, upload and describe one chapter. Safe to run twice: same inputs, same objects.
 
@@ -112,29 +159,38 @@ async def assemble_chapter(store: Store, plan: ChapterPlan, settings: Settings, 
     pause = np.zeros(int(round(settings.pause_s * rate)), dtype=np.float32)
     cues: list[Cue] = []
     written = 0
+
+    def join(out: sf.SoundFile, chunk: PlannedChunk, data: bytes, first: bool) -> int:
+        """Decode, shape and write one chunk (after a pause unless it is the first): its samples."""
+        samples, chunk_rate = decode_wav(data)
+        if chunk_rate != rate:
+            raise ValueError(f"chunk {chunk.chunk_id} is {chunk_rate} Hz, expected {rate} Hz")
+        shaped = shape_chunk(samples, rate, settings, chunk.loudness_lufs)
+        if not first:
+            out.write(pause)
+        out.write(shaped)
+        return shaped.size
+
     with tempfile.NamedTemporaryFile(suffix=f".{plan.format}") as tmp:
         with sf.SoundFile(tmp.name, "w", samplerate=rate, channels=1, format=fmt, subtype=subtype) as out:
-            for position, chunk in enumerate(plan.chunks):
-                data = await store.get(chunk.key)
-                samples, chunk_rate = decode_wav(data)
-                if chunk_rate != rate:
-                    raise ValueError(f"chunk {chunk.chunk_id} is {chunk_rate} Hz, expected {rate} Hz")
-                shaped = await asyncio.to_thread(shape_chunk, samples, rate, settings)
-                if position:
-                    await asyncio.to_thread(out.write, pause)
+            async for chunk, data in fetched(store, plan.chunks):
+                if cues:
                     written += pause.size
-                await asyncio.to_thread(out.write, shaped)
-                cues.append(Cue(chunk.index, chunk.chunk_id, written / rate, (written + shaped.size) / rate,
+                size = await asyncio.to_thread(join, out, chunk, data, not cues)
+                del data
+                cues.append(Cue(chunk.index, chunk.chunk_id, written / rate, (written + size) / rate,
                                 chunk.text, chunk.start, chunk.end))
-                written += shaped.size
+                written += size
                 if keepalive is not None:
                     await keepalive()
         key = chapter_key(plan)
-        size = await store.upload_file(key, tmp.name, content_type)
-    subtitles_key = SUBTITLES_KEY.format(job_id=plan.job_id, index=plan.chapter, slug=slug(plan.title))
-    await store.put(subtitles_key, webvtt(cues).encode(), "text/vtt")
-    timing_key = TIMING_KEY.format(job_id=plan.job_id, chapter=plan.chapter)
-    await store.put(timing_key, json.dumps([c.__dict__ for c in cues]).encode(), "application/json")
+        subtitles_key = SUBTITLES_KEY.format(job_id=plan.job_id, index=plan.chapter, slug=slug(plan.title))
+        timing_key = TIMING_KEY.format(job_id=plan.job_id, chapter=plan.chapter)
+        size, _, _ = await asyncio.gather(
+            store.upload_file(key, tmp.name, content_type),
+            store.put(subtitles_key, webvtt(cues).encode(), "text/vtt"),
+            store.put(timing_key, json.dumps([c.__dict__ for c in cues]).encode(), "application/json"),
+        )
     return AssembledChapter(key=key, subtitles_key=subtitles_key, timing_key=timing_key,
                             duration_s=round(written / rate, 4), bytes=size, cues=cues)
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import time
+from typing import Awaitable, TypeVar
 
 import structlog
 from faststream import AckPolicy
@@ -31,6 +32,21 @@ from pipeline.store import Store
 from pipeline.subjects import MANIFEST_KEY, SUBTITLES_KEY, TIMING_KEY, Names
 
 log = structlog.get_logger("pipeline.assembler")
+
+READS_AT_ONCE = 32  # KV reads of one job's chapter states in flight together
+
+T = TypeVar("T")
+
+
+async def gather_limited(awaitables: list[Awaitable[T]], limit: int) -> list[T]:
+    """`asyncio.gather` with at most `limit` of them running at once; results in order."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(awaitable: Awaitable[T]) -> T:
+        async with gate:
+            return await awaitable
+
+    return await asyncio.gather(*(one(a) for a in awaitables))
 
 
 class Assembler:
@@ -69,6 +85,8 @@ class Assembler:
                 state.done.append(index)
                 state.done.sort()
                 state.failed.pop(str(index), None)
+                if outcome.loudness_lufs is not None:
+                    state.loudness[str(index)] = outcome.loudness_lufs
                 state.audio_s_done += outcome.duration_s
                 if state.status == "failed" and not state.failed:
                     state.status = "pending"
@@ -137,6 +155,7 @@ class Assembler:
         kv = await self.kv()
         started = time.perf_counter()
         plan = jobs.ChapterPlan.model_validate_json(await self.store.get(jobs.plan_key(state.job_id, state.chapter)))
+        plan = plan.with_loudness(state.loudness)
         last_beat = [time.monotonic()]
 
         async def keepalive() -> None:
@@ -175,20 +194,23 @@ class Assembler:
     # ------------------------------------------------------------------ the job
 
     async def _chapter_states(self, job: jobs.JobState) -> list[jobs.ChapterState]:
+        """The job's chapter states in chapter order, read a few at a time."""
         kv = await self.kv()
-        states = []
-        for chapter in sorted(int(c) for c in job.chapters):
-            state = await jobs.read(kv, jobs.chapter_key(job.job_id, chapter), jobs.ChapterState)
-            if state is not None:
-                states.append(state)
-        return states
+        states = await gather_limited([jobs.read(kv, jobs.chapter_key(job.job_id, chapter), jobs.ChapterState)
+                                       for chapter in sorted(int(c) for c in job.chapters)], READS_AT_ONCE)
+        return [state for state in states if state is not None]
+
+    async def _plan_and_timing(self, job_id: str, chapter: int) -> tuple[jobs.ChapterPlan, list[dict]]:
+        plan, timing = await asyncio.gather(self.store.get(jobs.plan_key(job_id, chapter)),
+                                            self.store.get(TIMING_KEY.format(job_id=job_id, chapter=chapter)))
+        return jobs.ChapterPlan.model_validate_json(plan), json.loads(timing)
 
     async def _finish_job(self, job: jobs.JobState) -> None:
         states = await self._chapter_states(job)
         chapters = []
-        for state in states:
-            plan = jobs.ChapterPlan.model_validate_json(await self.store.get(jobs.plan_key(job.job_id, state.chapter)))
-            timing = json.loads(await self.store.get(TIMING_KEY.format(job_id=job.job_id, chapter=state.chapter)))
+        details = await gather_limited([self._plan_and_timing(job.job_id, state.chapter) for state in states],
+                                       max(1, self.settings.s3_max_threads // 2))
+        for state, (plan, timing) in zip(states, details):
             chapters.append({
                 "chapter": state.chapter, "title": state.title, "key": state.key, "format": state.format,
                 "duration_s": state.duration_s, "bytes": state.bytes,

@@ -24,6 +24,7 @@ from scipy.signal import resample_poly
 
 from pipeline.errors import AudioInvalid
 from pipeline.loudness import integrated_lufs
+from pipeline.wavio import decode_wav  # noqa: F401 (re-exported: callers import it from here)
 
 PCM16_MAX = 32767
 
@@ -144,12 +145,6 @@ def to_mono_int16(repaired: RepairedWav) -> np.ndarray:
     if repaired.fmt.channels > 1:
         samples = samples.reshape(-1, repaired.fmt.channels).mean(axis=1).astype("<i2")
     return samples
-
-
-def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """Decode a well-formed WAV (what the store holds) into int16 samples and the rate."""
-    samples, rate = sf.read(io.BytesIO(data), dtype="int16")
-    return samples, rate
 
 
 def expected_duration_s(text: str, words_per_s: float) -> float:

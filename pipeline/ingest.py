@@ -3,9 +3,9 @@
 A faststream subscriber on `tts.chapters.>` (durable pull consumer `ingest`, manual acks — the
 default policy would terminate a message on the first error). For each `ChapterSubmit`:
 split the text, write the chapter plan to the store and the job/chapter state to KV, publish one
-`SynthRequest` per chunk with its de-duplication id, then ack. Every step is idempotent, so a
-redelivered or re-submitted chapter re-publishes nothing new: chunks whose audio exists come back
-at once as cached, and a chapter already assembled is skipped.
+`SynthRequest` per chunk with its de-duplication id (longest chunks first: `longest_first`), then
+ack. Every step is idempotent, so a redelivered or re-submitted chapter re-publishes nothing new:
+chunks whose audio exists come back at once as cached, and a chapter already assembled is skipped.
 """
 
 from __future__ import annotations
@@ -88,8 +88,6 @@ class Ingestor:
             return state
 
         await jobs.mutate(kv, jobs.job_key(submit.job_id), jobs.JobState, job_change)
-        await self.store.put(jobs.plan_key(submit.job_id, submit.chapter), plan.model_dump_json().encode(),
-                             "application/json")
 
         def chapter_change(state: jobs.ChapterState | None) -> jobs.ChapterState | None:
             if state is not None and state.chunks_total == len(plan.chunks):
@@ -98,12 +96,17 @@ class Ingestor:
             return jobs.ChapterState(job_id=submit.job_id, chapter=submit.chapter, title=submit.title,
                                      format=submit.format, chunks_total=len(plan.chunks))
 
-        state = await jobs.mutate(kv, jobs.chapter_key(submit.job_id, submit.chapter), jobs.ChapterState,
-                                  chapter_change)
+        # The plan and the chapter's state are written together; both exist before any request is
+        # published (a cached chunk's event may complete the chapter at once).
+        _, state = await asyncio.gather(
+            self.store.put(jobs.plan_key(submit.job_id, submit.chapter), plan.model_dump_json().encode(),
+                           "application/json"),
+            jobs.mutate(kv, jobs.chapter_key(submit.job_id, submit.chapter), jobs.ChapterState, chapter_change),
+        )
         if state is not None and state.status == "done" and state.key and await self.store.exists(state.key):
             log.info("ingest.already_done", job=submit.job_id, chapter=submit.chapter)
             return 0
-        requests = [plan.request(c) for c in plan.chunks]
+        requests = [plan.request(c) for c in longest_first(plan.chunks)]
         for i in range(0, len(requests), PUBLISH_BATCH):
             await asyncio.gather(*(publish_synth(self.js, self.names, r, PRIORITY_BULK)
                                    for r in requests[i : i + PUBLISH_BATCH]))
@@ -120,6 +123,13 @@ class Ingestor:
                                f"dlq:{self.names.chapters_stream}:{seq}" if seq else None)
         await bus.publish_json(self.js, self.names.chapter_failed(exc.job_id), failed.to_bytes())
         log.warning("ingest.rejected", job=exc.job_id, chapter=exc.chapter, reason=exc.reason, error=exc.error[:300])
+
+
+def longest_first(chunks: list[jobs.PlannedChunk]) -> list[jobs.PlannedChunk]:
+    """The chunks in the order their requests are published: longest speech first (by words, then
+    characters; text order among equals). The model servers then finish a chapter, and a job's
+    last chapter, with its short chunks filling the batch rather than one long chunk running alone."""
+    return sorted(chunks, key=lambda c: (-len(c.text.split()), -len(c.text), c.index))
 
 
 def parse_submit(data: bytes) -> ChapterSubmit:

@@ -64,6 +64,8 @@ class ChapterState(_State):
     chunks_total: int
     done: list[int] = Field(default_factory=list)
     failed: dict[str, str] = Field(default_factory=dict)  # chunk index -> error
+    # chunk index -> integrated loudness (LUFS) the synth worker measured, from its ChunkDone
+    loudness: dict[str, float] = Field(default_factory=dict)
     audio_s_done: float = 0.0
     status: ChapterStatus = "pending"
     key: str | None = None
@@ -83,6 +85,10 @@ class PlannedChunk(BaseModel):
     end: int
     text: str
     key: str
+    # The stored audio's integrated loudness (LUFS), when known: ingest plans before anything is
+    # synthesised, so the stored plans have none; the assembler fills it in from the chunk events
+    # (`ChapterPlan.with_loudness`) and measures only the chunks still without one.
+    loudness_lufs: float | None = None
 
 
 class ChapterPlan(BaseModel):
@@ -98,6 +104,11 @@ class ChapterPlan(BaseModel):
     system_prompt: str | None = None
     sampling: Sampling
     chunks: list[PlannedChunk]
+
+    def with_loudness(self, levels: dict[str, float]) -> ChapterPlan:
+        """This plan with each chunk's loudness taken from `levels` (chunk index -> LUFS)."""
+        chunks = [c.model_copy(update={"loudness_lufs": levels.get(str(c.index), c.loudness_lufs)}) for c in self.chunks]
+        return self.model_copy(update={"chunks": chunks})
 
     def request(self, chunk: PlannedChunk) -> SynthRequest:
         return SynthRequest(
@@ -153,13 +164,14 @@ async def mutate(kv, key: str, model: type[M], change: Callable[[M | None], M | 
     for _ in range(100):
         try:
             entry = await kv.get(key)
-            current = model.model_validate_json(entry.value) if entry and entry.value else None
+            value = entry.value if entry and entry.value else None
             revision = entry.revision if entry else None
         except KeyNotFoundError:
-            current, revision = None, None
-        new = change(current.model_copy(deep=True) if current is not None else None)
+            value, revision = None, None
+        # Parsed for each use (much cheaper than a deep copy): `change` may edit what it gets.
+        new = change(model.model_validate_json(value) if value is not None else None)
         if new is None:
-            return current
+            return model.model_validate_json(value) if value is not None else None
         try:
             if revision is None:
                 await kv.create(key, new.to_bytes())

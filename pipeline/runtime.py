@@ -9,12 +9,10 @@ import signal
 import structlog
 
 from pipeline import bus
-from pipeline.backend import HiggsClient
 from pipeline.deadletter import DeadLetterWatcher
 from pipeline.settings import Settings
 from pipeline.subjects import Names
 from pipeline.store import Store
-from pipeline.synth import SynthWorker
 
 log = structlog.get_logger("pipeline.runtime")
 
@@ -44,6 +42,11 @@ async def open_store(settings: Settings) -> Store:
 @contextlib.asynccontextmanager
 async def synth_worker(settings: Settings, name: str = "synth"):
     """A ready `SynthWorker` with its connections; everything closed on exit."""
+    # Imported here: the model client and the audio checks (scipy) are the synth worker's alone;
+    # ingest and assembler processes that share this module stay small.
+    from pipeline.backend import HiggsClient
+    from pipeline.synth import SynthWorker
+
     nc = await bus.connect(settings, name=f"tts-{name}")
     store = None
     try:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import soundfile as sf
 
 from pipeline import bus, jobs
-from pipeline.messages import ChapterDone, ChapterFailed, ChapterSubmit, JobDone
+from pipeline.messages import ChapterDone, ChapterFailed, ChapterSubmit, JobDone, Sampling, SynthRequest
 from tests.conftest import sim_stats
 
 SENTENCES = [
@@ -92,6 +95,15 @@ async def test_three_chapters_become_ordered_files_with_manifest_and_subtitles(s
     # Identical chunks (same text, same job seed) are synthesised once.
     distinct = {c["audio_key"] for e in manifest["chapters"] for c in e["chunks"]}
     assert sim_stats(sim)["calls"] == len(distinct)
+    # Each chunk's loudness, as the worker measured and stored it, is in its chapter's state: the
+    # assembler levelled the chunks with it instead of measuring them again.
+    kv = await bus.jobs_kv(h.js, h.names)
+    for entry in manifest["chapters"]:
+        state = await jobs.read(kv, jobs.chapter_key("book1", entry["chapter"]), jobs.ChapterState)
+        assert sorted(state.loudness, key=int) == [str(c["index"]) for c in entry["chunks"]]
+        for chunk in entry["chunks"]:
+            stored = (await h.store.head(chunk["audio_key"]))["Metadata"]["loudness-lufs"]
+            assert state.loudness[str(chunk["index"])] == pytest.approx(float(stored), abs=0.01)
 
 
 async def test_resubmitting_a_finished_book_synthesises_nothing(sims, harness):
@@ -174,3 +186,66 @@ async def test_bad_chapter_messages_fail_clearly_and_others_go_on(sims, harness,
     assert [f.reason for f in failed] == [reason]
     info = await h.js.stream_info(h.names.dlq_stream)
     assert info.state.messages == 1
+
+
+async def test_assembly_levels_chunks_with_the_planned_loudness_and_measures_only_the_missing(harness):
+    from pipeline.assemble import assemble_chapter, gain_for
+    from pipeline.audio import loudness_lufs
+    from pipeline.engines.simaudio import synthesize, wav_bytes
+
+    h = await harness(target_lufs=-26.0, pause_s=0.5, crossfade_s=0.01)
+    rate = h.settings.sample_rate_hz
+    sources, planned = [], []
+    for i in range(2):
+        samples = synthesize(f"chunk number {i} of the levelling test, said plainly", seed=i)
+        sources.append(samples)
+        await h.store.put(f"audio/level-{i}.wav", wav_bytes(samples), "audio/wav")
+        # Chunk 0's plan says it is 6 dB quieter than it measures, chunk 1's says nothing.
+        level = loudness_lufs(samples, rate) - 6.0 if i == 0 else None
+        planned.append(jobs.PlannedChunk(index=i, chunk_id=jobs.chunk_id_for(0, i), start=0, end=1, text="x",
+                                         key=f"audio/level-{i}.wav", loudness_lufs=level))
+    plan = jobs.ChapterPlan(job_id="level", chapter=0, title="Level", format="wav", sampling=Sampling(),
+                            chunks=planned)
+    built = await assemble_chapter(h.store, plan, h.settings)
+    out, _ = sf.read(io.BytesIO(await h.store.get(built.key)), dtype="float32")
+    for chunk, samples, cue in zip(planned, sources, built.cues):
+        expected = gain_for(samples, rate, h.settings.target_lufs, h.settings.max_gain_db, chunk.loudness_lufs)
+        segment = out[round(cue.start_s * rate): round(cue.end_s * rate)]
+        middle = slice(segment.size // 4, 3 * segment.size // 4)  # away from the faded edges
+        gain = np.dot(segment[middle], samples[middle] / 32768.0) / np.dot(samples[middle] / 32768.0,
+                                                                           samples[middle] / 32768.0)
+        assert gain == pytest.approx(expected, rel=1e-3)
+    measured = gain_for(sources[0], rate, h.settings.target_lufs, h.settings.max_gain_db)
+    trusted = gain_for(sources[0], rate, h.settings.target_lufs, h.settings.max_gain_db, planned[0].loudness_lufs)
+    assert trusted > measured * 1.5  # the plan's value was used, not a fresh measurement
+
+
+def test_the_joining_code_does_not_import_the_loudness_meter():
+    code = ("import sys, pipeline.assembler, pipeline.assemble; "
+            "print(sorted({'scipy', 'pyloudnorm', 'pipeline.audio'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+async def test_ingest_publishes_a_chapters_longest_chunks_first(harness):
+    h = await harness(chunk_target_words=12, chunk_max_words=16)
+    await h.start_ingest()  # no synth worker: the requests stay in the stream, in publishing order
+    text = chapter_text(0)
+    await submit_chapters(h, "order", [text])
+    stream = h.names.synth_stream
+    for _ in range(100):
+        plan_exists = await h.store.exists(jobs.plan_key("order", 0))
+        info = await h.js.stream_info(stream)
+        if plan_exists:
+            plan = jobs.ChapterPlan.model_validate_json(await h.store.get(jobs.plan_key("order", 0)))
+            if info.state.messages == len(plan.chunks):
+                break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("ingest did not publish the chapter")
+    published = [SynthRequest.model_validate_json((await h.js.get_msg(stream, seq)).data)
+                 for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    lengths = [(len(r.text.split()), len(r.text)) for r in published]  # words, then characters
+    assert len({w for w, _ in lengths}) > 2  # the chapter's chunks differ in length
+    assert lengths == sorted(lengths, reverse=True)
+    assert sorted(r.index for r in published) == list(range(len(plan.chunks)))
