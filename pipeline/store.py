@@ -1,7 +1,9 @@
 """The object store: boto3 against any S3 endpoint (SeaweedFS, MinIO, AWS).
 
 boto3 blocks; every call runs in a bounded thread pool off the event loop, sized together with
-the HTTP connection pool so threads never wait on connections. botocore errors become
+the HTTP connection pool so threads never wait on connections. Lookups (HEAD) have a small pool
+of their own: a synth worker asks "is this chunk done already?" before each model call, and that
+question must not queue behind a whole batch of uploads. botocore errors become
 `StoreRetryable` / `StorePermanent` here and nowhere else.
 """
 
@@ -26,6 +28,7 @@ log = structlog.get_logger("pipeline.store")
 
 T = TypeVar("T")
 
+LOOKUP_THREADS = 4
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _RETRYABLE_CODES = {
     "500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
@@ -65,6 +68,7 @@ class Store:
         self.bucket = bucket or settings.s3_bucket
         self.prefix = settings.s3_prefix if prefix is None else prefix
         self._pool = ThreadPoolExecutor(max_workers=settings.s3_max_threads, thread_name_prefix="s3")
+        self._lookups = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="s3-head")
         self._client = boto3.session.Session().client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
@@ -72,7 +76,7 @@ class Store:
             aws_secret_access_key=settings.s3_secret_key,
             region_name=settings.s3_region,
             config=Config(
-                max_pool_connections=settings.s3_max_threads,
+                max_pool_connections=settings.s3_max_threads + LOOKUP_THREADS,
                 connect_timeout=min(5.0, settings.s3_timeout_s),
                 read_timeout=settings.s3_timeout_s,
                 # Retries belong to JetStream redelivery; one quick retry absorbs a dropped socket.
@@ -84,10 +88,11 @@ class Store:
     def full_key(self, key: str) -> str:
         return f"{self.prefix.rstrip('/')}/{key}" if self.prefix else key
 
-    async def _run(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _run(self, what: str, fn: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None,
+                   **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
+            return await loop.run_in_executor(pool or self._pool, partial(fn, *args, **kwargs))
         except Exception as exc:  # translated, re-raised with the cause kept
             raise translate(exc, what) from exc
 
@@ -156,7 +161,7 @@ class Store:
                     return None
                 raise
 
-        return await self._run(f"head {key}", _head)
+        return await self._run(f"head {key}", _head, pool=self._lookups)
 
     async def exists(self, key: str) -> bool:
         return await self.head(key) is not None
@@ -178,3 +183,4 @@ class Store:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._lookups.shutdown(wait=False, cancel_futures=True)

@@ -15,6 +15,7 @@
     python scripts/bench_jobs.py [--chunks 240] [--chunk-s 15] [--chapters 20] [--repeat 3]
     python scripts/bench_jobs.py --chapters 0 --repeat 1                         # only 1
     python scripts/bench_jobs.py --no-assembly --words-per-chapter 800 --direct  # only 2
+    python scripts/bench_jobs.py --no-assembly --words-per-chapter 800 --in-flight 40  # 2, sized for bulk
 """
 
 from __future__ import annotations
@@ -126,8 +127,9 @@ def chapter_text(chapter: int, words: int) -> str:
 
 
 def direct_run(settings: Settings, chapters: int, words_per_chapter: int) -> float:
-    """Wall seconds of a semaphore client (32 at once) sending the job's chunk texts straight to the
-    stand-in, in the job's order: what the machine allows without the pipeline."""
+    """Wall seconds of a semaphore client (as many at once as the worker's in-flight) sending the
+    job's chunk texts straight to the stand-in, in the job's order: what the machine allows
+    without the pipeline."""
     from pipeline.bench import BenchOptions, run_bench
     from pipeline.text import split_text
 
@@ -257,13 +259,16 @@ def main() -> None:
     parser.add_argument("--words-per-chapter", type=int, default=200)
     parser.add_argument("--tokens-per-s", type=float, default=100.0, help="stand-in per-stream rate at batch 1")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--in-flight", type=int, default=32,
+                        help="the synth worker's TTS_MAX_IN_FLIGHT (and the direct client's concurrency); "
+                             "the sizing rule's bulk-only value for the 32-slot stand-in is 40")
     parser.add_argument("--formats", default="wav,flac,mp3", help="assembly formats, comma-separated")
     parser.add_argument("--no-assembly", action="store_true", help="skip the assembly figures (1)")
     parser.add_argument("--unknown-loudness", action="store_true",
                         help="also assemble without the chunks' loudness in the plan (the assembler measures it)")
     parser.add_argument("--timeline", metavar="FILE", help="write each job's timeline (events, sampled `active`) as JSON")
     parser.add_argument("--direct", action="store_true",
-                        help="also send the job's chunk texts straight to the stand-in (32 at once) for comparison")
+                        help="also send the job's chunk texts straight to the stand-in (--in-flight at once) for comparison")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -299,7 +304,8 @@ def main() -> None:
         try:
             ratios = []
             for _ in range(args.repeat):
-                job_settings = stack_settings(stack, backend_urls=[engine.url], max_in_flight=32, poll_s=0.05)
+                job_settings = stack_settings(stack, backend_urls=[engine.url], max_in_flight=args.in_flight,
+                                              poll_s=0.05)
                 httpx.post(f"{engine.url}/sim/reset", timeout=5)
                 run = asyncio.run(run_job(job_settings, args.chapters, args.words_per_chapter, engine.url))
                 wall_s, t = run["wall_s"], run["times"]
@@ -325,7 +331,7 @@ def main() -> None:
                     direct_s = direct_run(job_settings, args.chapters, args.words_per_chapter)
                     stats = httpx.get(f"{engine.url}/sim/stats", timeout=5).json()
                     direct_ideal_s = stats["audio_s_total"] / stats["ideal_audio_s_per_s"]
-                    print(f"  direct client, same chunk texts, 32 at once: {direct_s:.1f} s; ideal {direct_ideal_s:.1f} s; "
+                    print(f"  direct client, same chunk texts, {args.in_flight} at once: {direct_s:.1f} s; ideal {direct_ideal_s:.1f} s; "
                           f"ratio {direct_ideal_s / direct_s:.2f}; job / direct {direct_s / wall_s:.2f}", flush=True)
             print(f"median ratio ideal / wall: {statistics.median(ratios):.2f}")
         finally:
