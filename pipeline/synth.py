@@ -521,7 +521,10 @@ class SynthWorker:
         except Exception as exc:  # NATS away: the event path still answers
             log.debug("synth.reply_failed", error=f"{type(exc).__name__}: {exc}")
             return
-        await asyncio.sleep(0)  # let nats-py's flusher write it before the CPU-bound work that follows
+        # Make sure it has left before the CPU-bound work that follows (loudness, the upload)
+        # holds the event loop: the waiting gateway would otherwise get it only after that.
+        with contextlib.suppress(Exception):
+            await self.nc.flush(timeout=1)
 
     async def _put_keeping_the_audio(self, key: str, wav: bytes, meta: dict[str, str]) -> None:
         """Store fresh audio, retrying in place for up to `store_retry_s` while the store is
