@@ -14,7 +14,7 @@ bounds how long an interactive request can wait on an idle worker, so it is run 
 `--poll-s`.
 
     python scripts/bench_gateway.py [--requests 200] [--concurrency 1 20] [--latency-s 0.2]
-                                    [--poll-s 0.2 0.01]
+                                    [--poll-s 0.2 0.01] [--workers 1 2]
 """
 
 from __future__ import annotations
@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="measured requests per path and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 20])
     parser.add_argument("--latency-s", type=float, default=0.2, help="stand-in engine latency per call")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="synth worker processes (values to run)")
     parser.add_argument("--poll-s", type=float, nargs="+", default=[0.2, 0.01],
                         help="worker idle poll values to run (the default setting is 0.2)")
     args = parser.parse_args()
@@ -170,35 +171,37 @@ def main() -> None:
                             backend_urls=[engine.url], max_in_flight=64)
             print(f"stand-in latency {args.latency_s:.3f} s, {args.requests} requests per row, "
                   f"texts of 10 words (~4 s of audio)")
-            print(f"{'poll_s':>6} {'conc':>4} | {'direct p50':>10} {'p95':>7} | {'gateway p50':>11} {'p95':>7} | "
+            print(f"{'wk':>2} {'poll_s':>6} {'conc':>4} | {'direct p50':>10} {'p95':>7} | {'gateway p50':>11} {'p95':>7} | "
                   f"{'added p50':>9} {'p95':>7} {'p50 %':>6}")
-            for poll_s in args.poll_s:
+            for workers, poll_s in itertools.product(args.workers, args.poll_s):
                 ns = uuid.uuid4().hex[:8]
                 settings = base.model_copy(update={"namespace": ns, "s3_prefix": ns})
                 port = free_port()
                 env = env_for(settings, TTS_POLL_S=str(poll_s), TTS_MAX_IN_FLIGHT="64", TTS_HEARTBEAT_S="0.5")
                 procs = [
-                    subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "synth"], env=env,
-                                     stdin=subprocess.DEVNULL),
                     subprocess.Popen([sys.executable, "-m", "pipeline.cli", "gateway", "--port", str(port)], env=env,
                                      stdin=subprocess.DEVNULL),
+                ] + [
+                    subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "synth"],
+                                     env={**env, "TTS_WORKER_NAME": f"bench-w{n}"}, stdin=subprocess.DEVNULL)
+                    for n in range(workers)
                 ]
                 try:
                     gateway_url = f"http://127.0.0.1:{port}"
                     wait_ready(gateway_url)
-                    pids = {"gateway": procs[1].pid, "worker": procs[0].pid, "nats": stack.nats.pid,
-                            "weed": stack.s3.pid, "engine": engine.pid}
+                    pids = {"gateway": procs[0].pid, **{f"worker{n + 1}": proc.pid for n, proc in enumerate(procs[1:])},
+                            "nats": stack.nats.pid, "weed": stack.s3.pid, "engine": engine.pid}
                     for concurrency in args.concurrency:
                         m = asyncio.run(measure(settings, engine.url, gateway_url, concurrency, args.requests, pids))
                         added50 = m["gateway_p50"] - m["direct_p50"]
                         added95 = m["gateway_p95"] - m["direct_p95"]
-                        print(f"{poll_s:>6.2f} {concurrency:>4} | {m['direct_p50'] * 1e3:>8.1f}ms {m['direct_p95'] * 1e3:>5.1f}ms"
+                        print(f"{workers:>2} {poll_s:>6.2f} {concurrency:>4} | {m['direct_p50'] * 1e3:>8.1f}ms {m['direct_p95'] * 1e3:>5.1f}ms"
                               f" | {m['gateway_p50'] * 1e3:>9.1f}ms {m['gateway_p95'] * 1e3:>5.1f}ms"
                               f" | {added50 * 1e3:>7.1f}ms {added95 * 1e3:>5.1f}ms {added50 / m['direct_p50']:>6.1%}",
                               flush=True)
                         cpu = m["cpu_ms_per_request"]
                         total = sum(cpu.values())
-                        print(f"{'':>11} CPU per /generate: " + ", ".join(f"{k} {v:.1f} ms" for k, v in cpu.items())
+                        print(f"{'':>14} CPU per /generate: " + ", ".join(f"{k} {v:.1f} ms" for k, v in cpu.items())
                               + f"; total {total:.1f} ms x {m['gateway_rate']:.1f} req/s = "
                               f"{total * m['gateway_rate'] / 1e3:.2f} of {os.cpu_count()} cores", flush=True)
                 finally:
