@@ -34,7 +34,7 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -476,13 +476,12 @@ class SynthWorker:
                 backend_url = answer.url
                 repairs = answer.wav.repairs
                 engine_note = answer.headers.get(ENGINE_NOTE_HEADER) or None
-                sample_rate_hz, duration_s = checked.sample_rate_hz, checked.duration_s
+                sample_rate_hz, duration_s, loudness = checked.sample_rate_hz, checked.duration_s, checked.loudness_lufs
                 wav = encode_wav(checked.samples, sample_rate_hz)
                 size = len(wav)
                 if reply_to:
                     await self._reply(reply_to, outcome(size, False), wav)
-                    checked = replace(checked, loudness_lufs=loudness_lufs(checked.samples, sample_rate_hz))
-                loudness = checked.loudness_lufs
+                    loudness = loudness_lufs(checked.samples, sample_rate_hz)
                 meta = {"duration-s": f"{duration_s:.4f}", "sample-rate-hz": str(sample_rate_hz),
                         "job-id": request.job_id, "chunk-id": request.chunk_id}
                 if loudness is not None:
