@@ -7,17 +7,21 @@ the router subscribes once to that job's chunk events and resolves the waiting f
 it is even stored, and the request is answered from it; the done event that follows is dropped.
 Events nobody waits for (a request that already timed out, a duplicate event after a
 redelivery) are dropped.
+
+The worker sends the reply before it stores the audio and publishes the done event, but nats-py
+hands each subscription's messages to a task of its own, so with a fast store the event can be
+handled first. A fresh answer that fits in one message therefore gives its reply
+`REPLY_GRACE_S` to arrive before the request falls back to reading the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client as NATS
 from pydantic import ValidationError
-
-from dataclasses import dataclass
 
 from pipeline.messages import AudioReply, ChunkDone, ChunkFailed
 from pipeline.subjects import Names
@@ -25,6 +29,9 @@ from pipeline.subjects import Names
 from http_gateway.errors import Unavailable
 
 log = structlog.get_logger("http_gateway.outcomes")
+
+# How long a done event for a fresh answer waits for the worker's AudioReply (sent before it).
+REPLY_GRACE_S = 0.1
 
 Outcome = ChunkDone | ChunkFailed
 
@@ -45,11 +52,15 @@ class OutcomeRouter:
         self.reply_subject = names.audio_reply(instance)
         self._waiting: dict[str, asyncio.Future[Arrived]] = {}
         self._subs: list = []
+        self._max_payload = 0
+        self.reply_grace_s = REPLY_GRACE_S
 
     async def start(self, nc: NATS) -> None:
         """Subscribe. nats-py re-subscribes by itself after a reconnect."""
+        self._max_payload = nc.max_payload
         self._subs = [await nc.subscribe(self.subject, cb=self._on_msg),
                       await nc.subscribe(self.reply_subject, cb=self._on_reply)]
+        await nc.flush()  # the server has both subscriptions: nothing published from now on is missed
 
     async def stop(self) -> None:
         subs, self._subs = self._subs, []
@@ -83,7 +94,18 @@ class OutcomeRouter:
         except ValidationError as exc:
             log.warning("gateway.bad_event", subject=msg.subject, error=str(exc)[:200])
             return
+        if isinstance(outcome, ChunkDone) and self._reply_expected(outcome):
+            asyncio.get_running_loop().call_later(self.reply_grace_s, self._resolve, Arrived(outcome))
+            return
         self._resolve(Arrived(outcome))
+
+    def _reply_expected(self, done: ChunkDone) -> bool:
+        """Whether the worker sent this answer as an `AudioReply` too (fresh, fits one message),
+        for a request still waiting."""
+        future = self._waiting.get(done.chunk_id)
+        if future is None or future.done() or done.cached:
+            return False
+        return AudioReply.size(done, done.bytes) <= self._max_payload
 
     async def _on_reply(self, msg) -> None:
         try:

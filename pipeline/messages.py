@@ -173,8 +173,9 @@ class AudioReply:
         return len(meta).to_bytes(AudioReply.HEADER, "big") + meta + wav
 
     @staticmethod
-    def size(done: ChunkDone, wav: bytes) -> int:
-        return AudioReply.HEADER + len(done.to_bytes()) + len(wav)
+    def size(done: ChunkDone, wav_bytes: int) -> int:
+        """Bytes of the message that carries `done` and a WAV of `wav_bytes`."""
+        return AudioReply.HEADER + len(done.to_bytes()) + wav_bytes
 
     @staticmethod
     def decode(data: bytes) -> tuple[ChunkDone, bytes]:

@@ -154,7 +154,7 @@ def test_audio_reply_round_trip_and_damage():
                      bytes=72044, cached=False, attempt=1, worker="w", timings=ChunkTimings(synth_s=0.2))
     wav = bytes(range(256)) * 10
     data = AudioReply.encode(done, wav)
-    assert len(data) == AudioReply.size(done, wav)
+    assert len(data) == AudioReply.size(done, len(wav))
     assert AudioReply.decode(data) == (done, wav)
     with pytest.raises(ValueError, match="cut short"):
         AudioReply.decode(data[:20])
@@ -168,3 +168,38 @@ def test_audio_reply_round_trip_and_damage():
 def test_reply_to_must_be_a_plain_subject(subject):
     with pytest.raises(ValidationError):
         SynthRequest(job_id="j", chunk_id="c", text="hi", reply_to=subject)
+
+
+async def test_an_answer_whose_audio_is_not_base64_is_invalid_audio():
+    """A model server answering 200 with audio data that is not base64 (here: a stray `*`)
+    raises `AudioInvalid` naming it, not a crash or a silently mangled WAV."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipeline.errors import AudioInvalid
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"choices": [{"finish_reason": "stop", "message": {
+                "role": "assistant", "audio": {"id": "a", "data": "UklG*RkFB"}}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = Settings(backend_urls=[f"http://127.0.0.1:{server.server_address[1]}"])
+        async with HiggsClient(settings) as client:
+            with pytest.raises(AudioInvalid, match="not valid base64"):
+                await client.synthesize(SynthRequest(job_id="j", chunk_id="1", text="Hello there."))
+    finally:
+        server.shutdown()
+        server.server_close()
