@@ -15,7 +15,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 _OUTCOMES = {200: "ok", 400: "bad_request", 401: "unauthorized", 404: "not_found", 409: "conflict", 413: "too_large",
-             422: "invalid", 502: "failed", 503: "unavailable", 504: "timeout"}
+             422: "invalid", 499: "client_gone", 502: "failed", 503: "unavailable", 504: "timeout"}
 
 
 def outcome_of(status: int) -> str:

@@ -22,6 +22,7 @@ from http_gateway.metrics import GatewayMetrics
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+CLIENT_GONE_STATUS = 499  # nginx's code for a client that closed before the answer; metrics only
 
 
 def request_id_of(scope) -> str:
@@ -66,7 +67,8 @@ class GatewayMiddleware:
                 if error:
                     await _reject(send_with_id, 413, error)
                     return
-                if body is None:  # the client went away
+                if body is None:  # the client went away mid-body: nobody to answer, not a server error
+                    status = CLIENT_GONE_STATUS
                     return
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_with_id)

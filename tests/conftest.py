@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import statistics
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -165,3 +169,28 @@ async def harness(make_settings) -> AsyncIterator[Callable[..., Harness]]:
 
 def sim_stats(sim: SimServer) -> dict:
     return httpx.get(f"{sim.url}/sim/stats", timeout=10).json()
+
+
+def growth_ratio(run: Callable[[Any], object], small: Any, large: Any, repeats: int = 3) -> float:
+    """How many times longer `run(large)` takes than `run(small)`: medians of `repeats` runs each,
+    taken in one go so that a busy machine slows both alike. This checks how work grows, not how
+    fast it is (speed is for the benchmark scripts): for inputs ten times apart, linear work
+    gives about 10 (up to 30 here: caches) and quadratic work about 100."""
+
+    def median_s(arg: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run(arg)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    return median_s(large) / median_s(small)
+
+
+def leave_mid_body(url: str, path: str) -> None:
+    """POST to `path` announcing a 500-byte JSON body, send a few bytes of it and close."""
+    where = httpx.URL(url)
+    with socket.create_connection((where.host, where.port)) as raw:
+        raw.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    "Content-Length: 500\r\n\r\n{\"mod".encode())

@@ -18,7 +18,7 @@ from http_gateway import create_app
 from pipeline.audio import encode_wav
 from pipeline.devstack import NatsServer, free_port
 from pipeline.settings import Settings
-from tests.conftest import BUCKET
+from tests.conftest import BUCKET, leave_mid_body
 from tests.gateway_fixtures import ThreadedServer, gateway  # noqa: F401 (fixture)
 
 MAX_TEXT = 100
@@ -129,6 +129,19 @@ async def test_body_limit_applies_before_parsing(client):
 
     r = await client.post("/generate", content=chunked(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "larger than the limit" in r.json()["detail"]
+
+
+async def test_client_leaving_mid_body_is_counted_as_gone_not_as_an_error(limited, client):
+    leave_mid_body(limited, "/generate")
+    gone = 'tts_gateway_requests_total{outcome="client_gone",route="/generate"} 1.0'
+    for _ in range(50):
+        metrics = (await client.get("/metrics")).text
+        if gone in metrics:
+            break
+        await asyncio.sleep(0.1)
+    assert gone in metrics
+    assert 'outcome="error"' not in metrics
+    assert (await client.post("/generate", json={"text": ""})).status_code == 400  # still serving
 
 
 async def test_no_answer_is_504_with_the_request_id(client):

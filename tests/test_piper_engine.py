@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import math
 import os
 import signal
@@ -20,6 +21,7 @@ import pytest
 from pipeline.devstack import free_port
 from pipeline.engines.piper import PiperConfig, PiperServer
 from pipeline.engines.sim import SimConfig, SimServer
+from tests.conftest import leave_mid_body
 
 MODEL = "higgs-audio-v2"
 TEN_WORDS = "The quick brown fox jumps over the lazy sleeping dog."
@@ -149,6 +151,22 @@ def test_speech_pcm_and_wav_are_the_same_24_khz_audio(client):
     # With noise (the default temperature) two takes differ.
     takes = [client.post("/v1/audio/speech", json=speech_body(TEN_WORDS)).content for _ in range(2)]
     assert takes[0] != takes[1]
+
+
+def test_a_caller_leaving_before_its_body_arrives_leaves_no_traceback(piper, client):
+    # The worker cancels a call when the cache answers first, sometimes while its body is on the way.
+    records: list[logging.LogRecord] = []
+    catcher = logging.Handler(logging.ERROR)
+    catcher.emit = records.append
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(catcher)
+    try:
+        leave_mid_body(piper.url, "/v1/audio/speech")
+        time.sleep(1.0)  # the server sees the close within milliseconds
+        assert client.post("/v1/audio/speech", json=speech_body("Still here.")).status_code == 200
+    finally:
+        logger.removeHandler(catcher)
+    assert [r.getMessage() for r in records] == []
 
 
 async def test_concurrent_calls_queue_for_a_pool_of_the_configured_size(piper):

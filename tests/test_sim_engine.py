@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline.engines.sim import SimConfig, SimServer, add_arguments, config_from_args
+from tests.conftest import leave_mid_body
 
 MODEL = "higgs-audio-v2"
 TEN_WORDS = "the quick brown fox jumps over the lazy sleeping dog"  # 4.0 s at 2.5 words/s
@@ -255,6 +256,18 @@ def test_disconnected_client_frees_its_slot():
         assert client.patch("/sim/config", json={"hang_rate": 0.0}).status_code == 200
         assert chat(client, "next").status_code == 200
         assert sim.stats()["aborted"] == 1
+
+
+def test_client_leaving_before_its_body_arrives_is_an_abort_not_an_error():
+    # A caller that cancels while still sending its body (the worker cancels its model call when
+    # the cache answers first) must count as aborted, like one that leaves while the call generates.
+    with sim_client() as (sim, _):
+        leave_mid_body(sim.url, "/v1/audio/speech")
+        deadline = time.monotonic() + 5
+        while sim.stats()["aborted"] + sim.stats()["errors"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stats = sim.stats()
+        assert (stats["calls"], stats["aborted"], stats["errors"]) == (1, 1, 0)
 
 
 def test_patch_config_and_reset():

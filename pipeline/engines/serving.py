@@ -28,10 +28,12 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect
 
 OPENAI_VOICES = (
     "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse",
 )
+CLIENT_GONE_STATUS = 499  # a caller that left before the answer; for counters only, nobody reads it
 AUDIO_TOKENS_PER_S = 25  # one codec frame of Higgs Audio v2 = 40 ms
 PROMPT_TOKENS_PER_WORD = 1.3
 B64_CHARS_PER_AUDIO_TOKEN = 2560  # 24 kHz * 2 bytes / 25 tokens * 4/3 base64 overhead
@@ -58,6 +60,8 @@ def response_for(exc: RequestError) -> JSONResponse:
     """The body the real server sends for `exc` (415 comes from FastAPI, not from vLLM)."""
     if exc.status == 415:
         return JSONResponse({"detail": exc.message}, status_code=415)
+    if exc.status == CLIENT_GONE_STATUS:  # not an HTTP status vLLM knows; nobody reads the answer
+        return Response(status_code=CLIENT_GONE_STATUS)
     return error_response(exc.status, exc.message)
 
 
@@ -108,6 +112,8 @@ async def parse(request: Request, model_cls: type[BaseModel]):
         parsed = model_cls.model_validate(json.loads(await request.body()))
     except (ValueError, ValidationError) as exc:
         raise RequestError(400, describe(exc)) from None
+    except ClientDisconnect:  # the caller cancelled before its body arrived: no traceback, no work
+        raise RequestError(CLIENT_GONE_STATUS, "The client left before its request body arrived.") from None
     parsed.check()
     return parsed
 

@@ -48,11 +48,12 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect
 
 from pipeline.engines import simaudio
 from pipeline.engines.serving import (
-    BackgroundServer, ChatRequest, RequestError, SpeechRequest, check_chat_audio, check_model,
-    describe, error_response, estimate_prompt_tokens, models_body, parse, reference_audio,
+    CLIENT_GONE_STATUS, BackgroundServer, ChatRequest, RequestError, SpeechRequest, check_chat_audio,
+    check_model, describe, error_response, estimate_prompt_tokens, models_body, parse, reference_audio,
     response_for, speech_prompt_tokens, target_text, text_of, token_limit,
 )
 
@@ -60,7 +61,6 @@ DEFAULT_VOICES = (
     "belinda", "broom_salesman", "chadwick", "en_man",
     "en_woman", "mabel", "vex", "zh_man_sichuan",
 )
-CLIENT_GONE_STATUS = 499  # recorded in stats only; nobody is left to read it
 ENGINE_TICK_S = 0.01
 
 
@@ -427,7 +427,10 @@ def _endpoint(state: _SimState, handler):
     """Wrap a POST handler: map RequestError to vLLM's body; abort when the client leaves."""
 
     async def endpoint(request: Request) -> Response:
-        await request.body()  # read it now so the disconnect watcher can't steal it
+        try:
+            await request.body()  # read it now so the disconnect watcher can't steal it
+        except ClientDisconnect:  # the caller cancelled before its body arrived: an abort
+            return Response(status_code=CLIENT_GONE_STATUS)
         work = asyncio.ensure_future(handler(state, request))
         gone = asyncio.ensure_future(_client_gone(request))
         state.in_flight.add(work)
