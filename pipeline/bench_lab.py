@@ -40,8 +40,8 @@ def settings_env(settings: Settings, **extra: object) -> dict[str, str]:
     `extra` as TTS_<NAME> variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TTS_") and k != "VLLM_URL"}
     fields = ("nats_url", "s3_endpoint_url", "s3_bucket", "s3_access_key", "s3_secret_key", "s3_prefix", "namespace",
-              "max_in_flight", "finishing_slots", "interactive_reserve", "interactive_hold_s", "poll_s", "heartbeat_s",
-              "log_level", "model")
+              "max_in_flight", "finishing_slots", "bulk_lookahead", "interactive_reserve", "interactive_hold_s", "poll_s",
+              "heartbeat_s", "log_level", "model")
     for name in fields:
         env[f"TTS_{name.upper()}"] = str(getattr(settings, name))
     env["TTS_BACKEND_URLS"] = ",".join(settings.backend_urls)

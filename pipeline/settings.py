@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # reported: the model-call slots are refilled as soon as an answer arrives, even when a whole
     # batch answers at once.
     finishing_slots: int = Field(default=32, ge=0, le=4096)
+    # Bulk messages a worker holds beyond its free call slots; when a slot frees, the one with the
+    # longest text starts (at once, without asking NATS), so a job's last calls end together
+    # instead of one long straggler keeping the batch part-empty. 0 = start in arrival order.
+    bulk_lookahead: int = Field(default=0, ge=0, le=1024)
     # Share of `max_in_flight` that bulk work leaves free while interactive requests are arriving
     # (one started in the last `interactive_hold_s`): they find a call slot at once and a batch
     # that is not full. With no interactive traffic bulk uses every slot.

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import math
 import os
 import random
@@ -60,6 +61,8 @@ from pipeline.voices import VoiceBook
 log = structlog.get_logger("pipeline.synth")
 
 WAV_HEADER_BYTES = 44
+# A bulk message held for the lookahead longer than this starts next, whatever its length.
+LOOKAHEAD_MAX_HOLD_S = 30.0
 ENGINE_NOTE_HEADER = "x-engine-note"
 
 
@@ -110,6 +113,24 @@ class _CallSlot:
             self._held = False
             self._worker._calling[self._priority] -= 1
             self._worker._slot_freed.set()
+            if self._priority == PRIORITY_BULK:
+                self._worker._start_held()  # refill from the lookahead at once: no NATS round trip
+
+
+class _HeldMessage:
+    """A bulk message in the lookahead: its text length (the call's expected length) and since when."""
+
+    __slots__ = ("msg", "length", "since")
+
+    def __init__(self, msg: Msg) -> None:
+        self.msg = msg
+        self.since = time.monotonic()
+        try:
+            text = json.loads(msg.data).get("text")
+        except (ValueError, AttributeError):
+            text = None
+        # Unreadable messages start first: they fail fast and leave the slot to the next one.
+        self.length = len(text) if isinstance(text, str) else 1 << 30
 
 
 class _KeyLocks:
@@ -181,6 +202,8 @@ class SynthWorker:
         self._store_down = asyncio.Event()
         self._store_probe: asyncio.Task | None = None
         self._idle_waits: dict[str, asyncio.Task | None] = {}
+        # Bulk messages pulled ahead of a free call slot (`bulk_lookahead`), longest text first.
+        self._lookahead: list[_HeldMessage] = []
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -206,9 +229,12 @@ class SynthWorker:
         log.info("synth.started", worker=self.name, max_in_flight=self.settings.max_in_flight, backends=self.client.urls,
                  adaptive=self.adaptive is not None)
         heartbeat = asyncio.create_task(self._heartbeat_loop())
+        lookahead_keepalive = asyncio.create_task(self._lookahead_keepalive())
         try:
             await self._pull_loop()
         finally:
+            lookahead_keepalive.cancel()
+            await self._release_lookahead()
             await self._drain()
             heartbeat.cancel()
             if self._store_probe is not None:
@@ -275,16 +301,14 @@ class SynthWorker:
             if paused:
                 log.info("synth.resumed")
                 paused = False
-            # Model calls never exceed `max_in_flight`; a few more messages may be finishing
-            # (checked, stored, reported) while the next calls already run.
-            calling, reserved = sum(self._calling.values()), sum(self._reserved.values())
             if self.adaptive is not None:
-                self.adaptive.used(calling)
+                self.adaptive.used(sum(self._calling.values()))
                 self.adaptive.tick(time.monotonic())
-            limit = self.call_limit
-            free = min(limit - calling, limit + self.settings.finishing_slots - len(self._tasks)) - reserved
+            self._start_held()
+            free = self._free()
             if free <= 0:
                 self._slot_freed.clear()
+                await self._top_up_lookahead()
                 await self._slot_freed.wait()
                 continue
             try:
@@ -292,6 +316,14 @@ class SynthWorker:
             except Exception as exc:  # NATS away: nats-py reconnects; we wait and ask again
                 log.warning("synth.pull_failed", error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(min(1.0, self.settings.poll_s * 5))
+
+    def _free(self) -> int:
+        """Messages this worker may start now. Model calls never exceed the call limit
+        (`max_in_flight`); a few more messages may be finishing (checked, stored, reported)
+        while the next calls already run. Slots held by waiting pulls are not free."""
+        limit = self.call_limit
+        return (min(limit - sum(self._calling.values()), limit + self.settings.finishing_slots - len(self._tasks))
+                - sum(self._reserved.values()))
 
     def bulk_room(self) -> int:
         """Bulk calls that may start now: every slot, less the interactive reserve while
@@ -304,11 +336,15 @@ class SynthWorker:
     async def _pull_some(self, free: int) -> None:
         """Start up to `free` messages: interactive first, then bulk; wait a little when idle."""
         for priority in (PRIORITY_INTERACTIVE, PRIORITY_BULK):
-            want = free if priority == PRIORITY_INTERACTIVE else min(free, self.bulk_room())
+            if priority == PRIORITY_INTERACTIVE:
+                want = free
+            else:
+                want = min(free, self.bulk_room()) + max(0, self.settings.bulk_lookahead - len(self._lookahead))
             msgs = await self._pullers[priority].pull(want) if want > 0 else []
             if msgs:
                 for msg in msgs:
-                    self._start(msg, priority)
+                    self._take(msg, priority)
+                self._start_held()
                 return
         # Idle: wait on both queues at once (one wait per queue, each holding a reserved slot
         # until its pull request is over), so an interactive request starts the moment it
@@ -341,8 +377,59 @@ class SynthWorker:
                 with contextlib.suppress(Exception):
                     await msg.nak()
             else:
-                self._start(msg, priority)
+                self._take(msg, priority)
+        self._start_held()
         self._slot_freed.set()
+
+    def _take(self, msg: Msg, priority: str) -> None:
+        """Start a pulled message; with a bulk lookahead, hold it instead (the caller then runs
+        `_start_held` once the whole pull is held, so the longest of them starts)."""
+        if priority == PRIORITY_BULK and self.settings.bulk_lookahead > 0:
+            self._lookahead.append(_HeldMessage(msg))
+        else:
+            self._start(msg, priority)
+
+    def _start_held(self) -> None:
+        """Start held bulk messages while bulk may start calls: the longest text first, or one
+        held for more than `LOOKAHEAD_MAX_HOLD_S` (no short chunk waits for ever)."""
+        if not self._lookahead or self._stopping.is_set() or self._store_down.is_set() or self.client.all_down():
+            return  # paused: held messages wait (kept alive) instead of burning delivery attempts
+        while self._lookahead and min(self._free(), self.bulk_room()) > 0:
+            now = time.monotonic()
+            oldest = min(self._lookahead, key=lambda h: h.since)
+            chosen = oldest if now - oldest.since > LOOKAHEAD_MAX_HOLD_S else max(
+                self._lookahead, key=lambda h: (h.length, -h.since))
+            self._lookahead.remove(chosen)
+            self._start(chosen.msg, PRIORITY_BULK)
+
+    async def _top_up_lookahead(self) -> None:
+        """Every call slot is busy: pull bulk messages into the lookahead (without waiting)."""
+        want = self.settings.bulk_lookahead - len(self._lookahead)
+        if want <= 0 or self._stopping.is_set():
+            return
+        try:
+            msgs = await self._pullers[PRIORITY_BULK].pull(want)
+        except Exception as exc:  # NATS away: the pull loop notices and waits
+            log.debug("synth.lookahead_pull_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        for msg in msgs:
+            self._take(msg, PRIORITY_BULK)
+        self._start_held()
+
+    async def _lookahead_keepalive(self) -> None:
+        """In-progress acks for held messages, so holding them never outlives the ack deadline."""
+        while True:
+            await asyncio.sleep(max(0.5, self.settings.ack_wait_s / 3))
+            for held in list(self._lookahead):
+                with contextlib.suppress(Exception):
+                    await held.msg.in_progress()
+
+    async def _release_lookahead(self) -> None:
+        """Stopping: held messages go back to the stream for another worker, at once."""
+        held, self._lookahead = self._lookahead, []
+        for h in held:
+            with contextlib.suppress(Exception):
+                await h.msg.nak()
 
     def _start(self, msg: Msg, priority: str) -> None:
         if priority == PRIORITY_INTERACTIVE:
@@ -513,17 +600,17 @@ class SynthWorker:
     async def _reply(self, subject: str, done: ChunkDone, wav: bytes) -> None:
         """Send the answer to the waiting gateway when it fits in one NATS message; best effort:
         the done event (after the store) is the record, and the gateway falls back to it."""
-        if AudioReply.size(done, wav) > self.nc.max_payload:
+        if AudioReply.size(done, len(wav)) > self.nc.max_payload:
             return
         try:
             await self.nc.publish(subject, AudioReply.encode(done, wav))
         except Exception as exc:  # NATS away: the event path still answers
             log.debug("synth.reply_failed", error=f"{type(exc).__name__}: {exc}")
             return
-        # Make sure it has left before the CPU-bound work that follows (loudness, the upload)
-        # holds the event loop: the waiting gateway would otherwise get it only after that.
-        with contextlib.suppress(Exception):
-            await self.nc.flush(timeout=1)
+        # Let nats-py's flusher task write it before the CPU-bound work that follows (loudness,
+        # the upload) holds the event loop: one turn of the loop does it. (A PING/PONG `flush`
+        # would also wait for the server's answer: a full round of a busy loop.)
+        await asyncio.sleep(0)
 
     async def _put_keeping_the_audio(self, key: str, wav: bytes, meta: dict[str, str]) -> None:
         """Store fresh audio, retrying in place for up to `store_retry_s` while the store is

@@ -224,6 +224,35 @@ async def test_bulk_leaves_the_reserve_free_while_interactive_requests_arrive(si
     assert max(i for _, _, i in samples) >= 1
 
 
+async def test_bulk_lookahead_starts_the_longest_held_text_first(sims, harness):
+    """With one call slot and a lookahead of 6, the worker holds the rest of a burst and starts
+    the longest text each time the slot frees; held messages are not redelivered meanwhile (ack
+    wait 1.5 s, ~3 s of holding), and without a lookahead the order is the stream's."""
+    sim = sims(latency_s=0.4, slots=256)
+    lengths = [3, 9, 5, 12, 4, 7, 10]
+    reqs = [SynthRequest(job_id="la", chunk_id=str(i), text=" ".join(WORDS[:n]) + f" item {i}.")
+            for i, n in enumerate(lengths)]
+    h = await harness(backend_urls=[sim.url], max_in_flight=1, bulk_lookahead=6, ack_wait_s=1.5)
+    async with h.waiter("la") as waiter:
+        await publish_all(h, reqs)  # all queued before the worker starts
+        worker = await h.start_worker()
+        await waiter.wait_count(len(reqs), timeout_s=30)
+        assert worker._lookahead == []
+    done_order = [int(o.chunk_id) for o in waiter.order]
+    assert done_order == sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    assert all(o.attempt == 1 for o in waiter.order)  # held, kept alive, never redelivered
+    await h.stop_workers()
+
+    h2 = await harness(backend_urls=[sim.url], max_in_flight=1)
+    fifo = [SynthRequest(job_id="fifo", chunk_id=str(i), text=r.text.replace("item", "fifo")) for i, r in enumerate(reqs)]
+    async with h2.waiter("fifo") as waiter:
+        for r in fifo:  # one at a time: the stream keeps this order
+            await publish_synth(h2.js, h2.names, r, "bulk")
+        await h2.start_worker()
+        await waiter.wait_count(len(fifo), timeout_s=30)
+    assert [int(o.chunk_id) for o in waiter.order] == list(range(len(lengths)))
+
+
 @pytest.mark.parametrize(
     "payload",
     [b"this is not json", json.dumps({"job_id": "schema", "chunk_id": "0"}).encode(), b'{"job_id": "schema", "text": 5}'],
@@ -245,8 +274,14 @@ async def test_bad_input_becomes_failed_event_and_dead_letter(sims, harness, pay
     assert letter.reason == "invalid" and letter.payload.encode() == payload
     assert letter.source_subject == h.names.synth("bulk")
     assert sim_stats(sim)["calls"] == 1
-    info = await h.js.stream_info(h.names.synth_stream)
-    assert info.state.messages == 0  # nothing left behind in the work queue
+    # Nothing left behind in the work queue. The worker acks after publishing the done event, so
+    # the ack may reach the server a moment after the event reached this test.
+    for _ in range(50):
+        info = await h.js.stream_info(h.names.synth_stream)
+        if info.state.messages == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert info.state.messages == 0
 
 
 async def read_dlq(h) -> list[DeadLetter]:
