@@ -4,7 +4,10 @@ Both sides are normalised the same way before counting, so that spelling differe
 sound the same are not errors: lower case; numbers spelled out (`num2words`: "42" -> "forty two",
 "3rd" -> "third", "1999" -> "nineteen ninety nine", "3.5" -> "three point five", "$5" -> "five
 dollars", "10%" -> "ten percent", "7:05" -> "seven oh five"); "&" -> "and"; punctuation,
-apostrophes and hyphens dropped.
+apostrophes and hyphens dropped; "Doctor"/"Dr.", "Mister"/"Mr.", "Missus"/"Mrs.",
+"Professor"/"Prof." and "okay"/"OK" are the same word. A clock time of the reference ("6:15")
+that the recogniser wrote "6.15" or "615" (as Whisper often does) counts as the same time, and a
+whole number of the reference ("1887") the recogniser grouped otherwise ("1,887") as that number.
 
 WER = (substitutions + deletions + insertions) / words of the reference, by word-level edit
 distance. It can exceed 1.0 when the hypothesis has many extra words.
@@ -24,8 +27,12 @@ _NUMBER_RE = re.compile(
     re.IGNORECASE,
 )
 _TIME_RE = re.compile(r"\b(\d{1,2}):(\d{2})\b")
+# A whole number standing alone (not part of a decimal or a longer number), grouped or not.
+_WHOLE_RE = re.compile(r"(?<![\d.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?![\d.,]*\d)")
 _CURRENCY = {"$": "dollars", "£": "pounds", "€": "euros"}
 _WORD_RE = re.compile(r"[a-z0-9]+")
+# Words a recogniser writes either way, reduced to one spelling: "Dr. Park" read "Doctor Park".
+_SAME_WORD = {"doctor": "dr", "mister": "mr", "missus": "mrs", "professor": "prof", "okay": "ok"}
 _CURRENCY_SCALE_RE = re.compile(r"\b(dollars|pounds|euros)\s+(thousand|million|billion|trillion)\b")
 
 
@@ -70,7 +77,7 @@ def normalise(text: str) -> list[str]:
     text = _NUMBER_RE.sub(_spell, text)
     # "$4.5 million" is read "four point five million dollars".
     text = _CURRENCY_SCALE_RE.sub(r"\2 \1", text)
-    return _WORD_RE.findall(text)
+    return [_SAME_WORD.get(word, word) for word in _WORD_RE.findall(text)]
 
 
 def edit_distance(reference: list[str], hypothesis: list[str]) -> int:
@@ -88,9 +95,25 @@ def edit_distance(reference: list[str], hypothesis: list[str]) -> int:
     return previous[-1]
 
 
+def _as_the_reference_writes(reference: str, hypothesis: str) -> str:
+    """`hypothesis` with the reference's own clock times and whole numbers written its way.
+
+    Whisper writes a spoken "six fifteen" as "6.15" or "615" as often as "6:15", and a spoken year
+    "eighteen eighty seven" at times as "1,887": read as numbers they cost two to four errors
+    ("six point one five", "one thousand eight hundred eighty seven") for a correct reading. Only
+    what the reference itself holds is rewritten (a time to "6:15", a number to the reference's
+    comma grouping), so any other number keeps its reading.
+    """
+    written = {m[0].replace(",", ""): m[0] for m in _WHOLE_RE.finditer(reference)}
+    for hours, minutes in set(_TIME_RE.findall(reference)):
+        dot = r"\." if hours + minutes in written else r"\.?"  # "615" stays 615 if the text has it
+        hypothesis = re.sub(rf"(?<![\d.,]){hours}{dot}{minutes}(?![\d.,]*\d)", f"{hours}:{minutes}", hypothesis)
+    return _WHOLE_RE.sub(lambda m: written.get(m[0].replace(",", ""), m[0]), hypothesis)
+
+
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """Errors per reference word after normalising both texts; 0.0 for two empty texts."""
-    ref, hyp = normalise(reference), normalise(hypothesis)
+    ref, hyp = normalise(reference), normalise(_as_the_reference_writes(reference, hypothesis))
     if not ref:
         return 0.0 if not hyp else 1.0
     return edit_distance(ref, hyp) / len(ref)

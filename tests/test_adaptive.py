@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 
 import pytest
 
@@ -72,4 +73,7 @@ async def test_a_worker_finds_the_stand_ins_slots(sims, harness):
     await asyncio.sleep(20)
     history = worker.adaptive.history
     assert max(history) > 12  # it climbed from its start ...
-    assert 6 <= worker.call_limit <= 16, history  # ... and came back to about the stand-in's slots
+    # ... and came back to about the stand-in's slots. Where it settled is the median of its last
+    # windows: after a flat stretch it probes a step up by design, and on a busy machine one noisy
+    # window can move it a step (with both cores burnt it once ended a window at 20).
+    assert 6 <= statistics.median(history[-6:]) <= 16, history

@@ -104,9 +104,12 @@ async def _garbage_case(settings, observer, worker_procs, kinds: list[str], case
         await asyncio.sleep(0.2)
     done, failed = await observer.outcomes("valid")
     book_done, _ = await observer.outcomes("validbook")
-    chapters_left = (await observer.js.stream_info(names.chapters_stream)).state.messages
+    # The queues empty as the last acks arrive (each follows its outcome's event).
+    while ((chapters_left := (await observer.js.stream_info(names.chapters_stream)).state.messages)
+           and time.monotonic() < deadline):
+        await asyncio.sleep(0.2)
     counts = report(case, bad_inputs=len(sent), kinds=kinds, subjects=len(subjects), dead_lettered=len(letters),
-                    valid_done=len(done) + len(book_done), synth_queue_left=await observer.queue_depth(),
+                    valid_done=len(done) + len(book_done), synth_queue_left=await observer.wait_queue_empty(),
                     chapter_queue_left=chapters_left)
 
     by_payload = {}

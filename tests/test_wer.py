@@ -25,6 +25,8 @@ def test_case_and_punctuation_are_not_errors():
         ("the train left at 6:15", "the train left at six fifteen"),
         ("at 7:05 sharp", "at seven oh five sharp"),
         ("salt & pepper", "salt and pepper"),
+        ("Dr. Park and Mr. Ortiz", "Doctor Park and Mister Ortiz"),
+        ("Mrs. Chen, okay?", "Missus Chen, OK."),
         ("the 21st century", "the twenty first century"),
     ],
 )
@@ -68,3 +70,27 @@ def test_a_real_recogniser_mistake_counts():
     heard = "Let the door rest for at least forty-five minutes"
     # "45" counts as its two spoken words: 1 error in 10.
     assert word_error_rate(reference, heard) == pytest.approx(1 / 10)
+
+
+def test_a_clock_time_heard_with_a_dot_or_as_a_number_is_the_same_time():
+    # Whisper tiny.en writes the spoken "six fifteen" of "6:15" as "6.15" or "615".
+    assert word_error_rate("Meet me at 6:15.", "Meet me at 6.15.") == 0.0
+    assert word_error_rate("Doors open at 7:05, not 7:50.", "Doors open at 7.05, not 7.50") == 0.0
+    assert word_error_rate("Meet me at 6:15.", "Meet me at 615.") == 0.0
+    # Only the reference's own times: another dotted number stays a decimal, and so does a
+    # decimal the reference wrote as one.
+    assert word_error_rate("Meet me at 6:15.", "Meet me at 6.16.") == pytest.approx(3 / 5)
+    assert word_error_rate("It weighs 6.15 kilos", "It weighs six fifteen kilos") == pytest.approx(3 / 7)
+    assert word_error_rate("At 6:15 it weighs 16.15 kilos", "At 6.15 it weighs 16.15 kilos") == 0.0
+    assert word_error_rate("At 6:15 room 2615", "At 615 room 2615") == 0.0
+    assert word_error_rate("At 6:15 pay 1,615", "At 615 pay 1,615") == 0.0
+    assert word_error_rate("Room 105 at 1:05", "Room 105 at 1.05") == 0.0
+
+
+def test_a_number_grouped_otherwise_than_in_the_reference_is_the_same_number():
+    # tiny.en heard the year "1887" and wrote "1,887".
+    assert word_error_rate("a logbook from 1887", "a logbook from 1,887") == 0.0
+    assert word_error_rate("more than 40,000 people", "more than 40000 people") == 0.0
+    # Numbers the reference does not hold keep their own reading.
+    assert word_error_rate("a logbook from 1887", "a logbook from 1,888") == pytest.approx(5 / 6)
+    assert word_error_rate("in 1887, 12.5 tons", "in 1887, 1,887.5 tons") > 0
