@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import itertools
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -33,6 +35,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import nats
 
 from pipeline.backend import HiggsClient
 from pipeline.bench_lab import cpu_s
@@ -40,6 +43,7 @@ from pipeline.devstack import DevStack, free_port
 from pipeline.embedded import EngineProcess
 from pipeline.messages import SynthRequest
 from pipeline.settings import Settings
+from pipeline.subjects import Names
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
 BUCKET = "tts-bench"
@@ -126,11 +130,20 @@ async def measure(settings: Settings, engine_url: str, gateway_url: str, concurr
                 spent[name] = spent.get(name, 0.0) + after[name] - before.get(name, after[name])
             return latencies
 
+        # Each chunk event carries the worker's own timings: where a gateway request's time went.
+        timings: list[dict] = []
+        nc = await nats.connect(settings.nats_url)
+
+        async def on_event(msg) -> None:
+            timings.append(json.loads(msg.data).get("timings", {}))
+
+        await nc.subscribe(Names(settings.namespace).chunk_done("*"), cb=on_event)
         d1 = await timed(concurrency, count // 2, direct)
         g1 = await gateway_round(count // 2)
         d2 = await timed(concurrency, count - count // 2, direct)
         g2 = await gateway_round(count - count // 2)
     await payloads.aclose()
+    await nc.drain()
     d, g = d1 + d2, g1 + g2
     return {
         "cpu_ms_per_request": {name: s * 1e3 / count for name, s in spent.items()},
@@ -138,7 +151,16 @@ async def measure(settings: Settings, engine_url: str, gateway_url: str, concurr
         "direct_p50": percentile(d, 0.5), "direct_p95": percentile(d, 0.95),
         "gateway_p50": percentile(g, 0.5), "gateway_p95": percentile(g, 0.95),
         "direct_mean": statistics.fmean(d), "gateway_mean": statistics.fmean(g),
+        "worker_p50_ms": {k: percentile([t.get(k, 0.0) for t in timings], 0.5) * 1e3
+                          for k in ("queued_s", "synth_s", "store_s", "total_s")} if timings else {},
     }
+
+
+def audio_sources(gateway_url: str) -> dict[str, float]:
+    """Requests answered from a worker's AudioReply vs read from the store, from /metrics."""
+    text = httpx.get(f"{gateway_url}/metrics", timeout=5.0, trust_env=False).text
+    found = re.findall(r'^tts_gateway_audio_source_total\{source="(\w+)"\} ([0-9.e+]+)$', text, re.M)
+    return {source: float(count) for source, count in found}
 
 
 def wait_ready(url: str, timeout_s: float = 30.0) -> None:
@@ -204,6 +226,14 @@ def main() -> None:
                         print(f"{'':>14} CPU per /generate: " + ", ".join(f"{k} {v:.1f} ms" for k, v in cpu.items())
                               + f"; total {total:.1f} ms x {m['gateway_rate']:.1f} req/s = "
                               f"{total * m['gateway_rate'] / 1e3:.2f} of {os.cpu_count()} cores", flush=True)
+                        sources = audio_sources(gateway_url)
+                        print(f"{'':>14} audio source so far (gateway metrics): " + ", ".join(
+                            f"{k} {v:.0f}" for k, v in sorted(sources.items())), flush=True)
+                        w = m["worker_p50_ms"]
+                        if w:
+                            print(f"{'':>14} worker p50 (its chunk events): bus -> worker {w['queued_s']:.1f} ms, "
+                                  f"in the worker {w['total_s']:.1f} ms, of which the upload after the reply "
+                                  f"{w['store_s']:.1f} ms", flush=True)
                 finally:
                     for proc in procs:
                         proc.terminate()

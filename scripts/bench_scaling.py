@@ -9,7 +9,7 @@ child processes configured through `TTS_*`, exactly as started by hand. Loads ar
      job of texts of 4.0-4.8 s of audio through the bus; delivered audio seconds per second
      / the stand-in's `ideal_audio_s_per_s`; next to the direct semaphore client (bench --target
      backend) at the same concurrency (32), same stand-in, same repeat. Worker in-flight 32 (= slots)
-     and 40 (slots + 25 %).
+     and 40 (slots + 25 %), each also with a bulk lookahead (`--lookahead`, TTS_BULK_LOOKAHEAD).
   b) two stand-ins behind one worker (in-flight 64) vs one (in-flight 32, from a), same repeat).
   c) interactive latency: p50 of gateway /generate (2 at a time) while a 2,000-chunk bulk job of the
      bench's eight varied texts runs, vs on the idle system.
@@ -100,9 +100,13 @@ async def saturation(lab: Lab, args) -> None:
     one, two = lab.engine(tokens_per_s=args.tokens_per_s), lab.engine(tokens_per_s=args.tokens_per_s)
     s32 = lab.settings([one.url], max_in_flight=SLOTS)
     s40 = lab.settings([one.url], max_in_flight=SLOTS + SLOTS // 4)
+    # In-flight 32 and 40 again, each with a bulk lookahead (`--lookahead`: longest text first).
+    s32la = lab.settings([one.url], max_in_flight=SLOTS, bulk_lookahead=args.lookahead)
+    s40la = lab.settings([one.url], max_in_flight=SLOTS + SLOTS // 4, bulk_lookahead=args.lookahead)
     s64 = lab.settings([one.url, two.url], max_in_flight=2 * SLOTS)
-    workers = lab.workers(s32) + lab.workers(s40) + lab.workers(s64)
-    await asyncio.gather(wait_ready(s32, 1), wait_ready(s40, 1), wait_ready(s64, 1))
+    workers = (lab.workers(s32) + lab.workers(s40) + lab.workers(s32la) + lab.workers(s40la) + lab.workers(s64))
+    await asyncio.gather(wait_ready(s32, 1), wait_ready(s40, 1), wait_ready(s32la, 1), wait_ready(s40la, 1),
+                         wait_ready(s64, 1))
 
     def bulk(count: int) -> BenchOptions:
         return BenchOptions(target="bus", requests=count, concurrent=count, texts=FOUR_SECOND_TEXTS, timeout_s=600)
@@ -113,6 +117,8 @@ async def saturation(lab: Lab, args) -> None:
         direct = await timed_bench([one], s32, BenchOptions(target="backend", url=one.url, requests=n,
                                                             concurrent=SLOTS, texts=FOUR_SECOND_TEXTS, timeout_s=600))
         bus40 = await timed_bench([one], s40, bulk(n))
+        bus32la = await timed_bench([one], s32la, bulk(n))
+        bus40la = await timed_bench([one], s40la, bulk(n))
         bus64 = await timed_bench([one, two], s64, bulk(2 * n))
         ideal = bus32["ideal"]
         row = {
@@ -121,6 +127,9 @@ async def saturation(lab: Lab, args) -> None:
             "direct_of_ideal": direct["delivered"] / ideal, "bus40_of_ideal": bus40["delivered"] / ideal,
             "bus32_vs_direct": bus32["delivered"] / direct["delivered"],
             "bus40_vs_direct": bus40["delivered"] / direct["delivered"],
+            "bus32la_of_ideal": bus32la["delivered"] / ideal, "bus40la_of_ideal": bus40la["delivered"] / ideal,
+            "bus32la_vs_direct": bus32la["delivered"] / direct["delivered"],
+            "bus40la_vs_direct": bus40la["delivered"] / direct["delivered"],
             "two_vs_one": bus64["delivered"] / bus32["delivered"], "two_of_ideal": bus64["delivered"] / bus64["ideal"],
             "occ32": bus32["occupancy"], "occ_direct": direct["occupancy"], "occ40": bus40["occupancy"],
             "occ64": bus64["occupancy"], "produced32_of_ideal": bus32["produced"] / ideal,
@@ -131,14 +140,17 @@ async def saturation(lab: Lab, args) -> None:
         print(f"  [{rep + 1}] ideal {ideal:.2f} audio s/s | bus, in-flight 32: {row['bus32']:.2f} "
               f"({row['bus32_of_ideal']:.3f}, batch {row['occ32']:.1%} full) | direct, 32: {row['direct']:.2f} "
               f"({row['direct_of_ideal']:.3f}, {row['occ_direct']:.1%}) | bus, in-flight 40: {row['bus40']:.2f} "
-              f"({row['bus40_of_ideal']:.3f}, {row['occ40']:.1%}) | two stand-ins, 64: {row['two']:.2f} "
+              f"({row['bus40_of_ideal']:.3f}, {row['occ40']:.1%}) | lookahead {args.lookahead} at in-flight 32: "
+              f"{row['bus32la_of_ideal']:.3f}, at 40: {row['bus40la_of_ideal']:.3f} | two stand-ins, 64: {row['two']:.2f} "
               f"({row['two_of_ideal']:.3f} of theirs, {row['occ64']:.1%}) | load {load_avg():.2f}", flush=True)
     lab.release(workers)
     m = {k: median([r[k] for r in rows]) for k in rows[0]}
     print(f"  a) medians: ideal {m['ideal']:.2f} audio s/s. Bus, in-flight 32: {m['bus32']:.2f} = "
           f"{m['bus32_of_ideal']:.3f} of ideal (goal >= 0.97), {m['bus32_vs_direct']:.3f}x the direct client "
           f"(goal >= 1). Bus, in-flight 40: {m['bus40_of_ideal']:.3f} of ideal, {m['bus40_vs_direct']:.3f}x direct. "
-          f"Direct semaphore client at 32: {m['direct_of_ideal']:.3f} of ideal.")
+          f"Direct semaphore client at 32: {m['direct_of_ideal']:.3f} of ideal. With a bulk lookahead of {args.lookahead} "
+          f"(TTS_BULK_LOOKAHEAD): in-flight 32 {m['bus32la_of_ideal']:.3f} of ideal, {m['bus32la_vs_direct']:.3f}x direct; "
+          f"in-flight 40 {m['bus40la_of_ideal']:.3f}, {m['bus40la_vs_direct']:.3f}x direct.")
     print(f"     Steady state (from the 32nd completion to the last that leaves 32 in flight): bus 32 {m['steady32']:.3f}, "
           f"direct {m['steady_direct']:.3f}, bus 40 {m['steady40']:.3f} of ideal. Batch occupancy (sampled): bus 32 "
           f"{m['occ32']:.1%}, direct {m['occ_direct']:.1%}, bus 40 {m['occ40']:.1%}.")
@@ -403,6 +415,8 @@ def main() -> None:
     parser.add_argument("--sections", default="abcde", help="which figures to measure (default: abcde)")
     parser.add_argument("--tokens-per-s", type=float, default=25.0, help="a)-c): stand-in per-stream speed at batch 1")
     parser.add_argument("--jobs-tokens-per-s", type=float, default=50.0, help="e): stand-in per-stream speed")
+    parser.add_argument("--lookahead", type=int, default=SLOTS // 4,
+                        help="a): TTS_BULK_LOOKAHEAD of the two lookahead rows (default: a quarter of the slots)")
     parser.add_argument("--saturation-waves", type=int, default=3, help="a), b): bulk job = waves x 32 texts")
     parser.add_argument("--interactive", type=int, default=8, help="c): interactive requests per measurement")
     parser.add_argument("--interactive-in-flight", type=int, nargs="+", default=[SLOTS],

@@ -91,8 +91,10 @@ async def test_gateway_target_reports_the_original_summary(sims, harness, gatewa
         assert line in out, (line, out)
     assert sim_stats(sim)["calls"] == 20  # every request synthesised: none came from the cache
     # --allow-cache sends the original bodies: the same texts again are all cache hits.
-    await run_cli(capsys, "--url", gw.url, "-n", "8", "-c", "4", "--allow-cache")
-    code, out, _ = await run_cli(capsys, "--url", gw.url, "-n", "8", "-c", "4", "--allow-cache", "--json")
+    code, out, err = await run_cli(capsys, "--url", gw.url, "-n", "8", "-c", "4", "--allow-cache")
+    assert code == 0, (out, err)
+    code, out, err = await run_cli(capsys, "--url", gw.url, "-n", "8", "-c", "4", "--allow-cache", "--json")
+    assert out, err
     result = json.loads(out)
     assert (code, result["successful"], result["cache_hits"]) == (0, 8, 8)
     assert result["audio_s"] == pytest.approx(expected_audio_s(8), abs=0.5)  # trimmed edges: a little less
