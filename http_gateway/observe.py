@@ -5,7 +5,10 @@
 - Queue depth: JetStream consumer info of the two synth consumers.
 - Voice presets: heartbeat voices plus `voices/<name>.json` objects in the store.
 
-Reads are cached briefly so that health probes and scrapes cost the bus almost nothing.
+Reads are cached briefly so that health probes and scrapes cost the bus almost nothing. A read of
+the heartbeats that fails or runs past `BUS_READ_TIMEOUT_S` (a busy bus or a busy gateway) keeps
+the last view it read for up to the bucket's TTL, the same age a heartbeat may have in the bucket
+itself: one slow read does not turn `/health` "degraded" for a fleet that is fine.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 import structlog
 from pydantic import ValidationError
 
+from pipeline.bus import WORKER_TTL_S
 from pipeline.messages import WorkerHeartbeat
 from pipeline.settings import Settings
 from pipeline.subjects import PRIORITIES, TOKEN_RE, VOICE_META_KEY, Names
@@ -47,6 +51,7 @@ class Observer:
         self.link = link
         self._beats: list[WorkerHeartbeat] = []
         self._beats_at = float("-inf")
+        self._beats_read_at = float("-inf")  # the last read that succeeded
         self._store_voices: set[str] = set()
         self._store_voices_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -60,9 +65,13 @@ class Observer:
                 return self._beats
             try:
                 self._beats = await asyncio.wait_for(self._read_beats(), BUS_READ_TIMEOUT_S)
-            except Exception as exc:  # a bus hiccup: report no workers rather than fail a probe
-                log.warning("gateway.heartbeats_unreadable", error=f"{type(exc).__name__}: {exc}"[:200])
-                self._beats = []
+                self._beats_read_at = time.monotonic()
+            except Exception as exc:  # a bus hiccup: the last view while it may still be true, else none
+                kept = time.monotonic() - self._beats_read_at < WORKER_TTL_S
+                log.warning("gateway.heartbeats_unreadable", error=f"{type(exc).__name__}: {exc}"[:200],
+                            kept_last_view=kept)
+                if not kept:
+                    self._beats = []
             self._beats_at = time.monotonic()
             return self._beats
 
