@@ -204,6 +204,9 @@ class SynthWorker:
         self._idle_waits: dict[str, asyncio.Task | None] = {}
         # Bulk messages pulled ahead of a free call slot (`bulk_lookahead`), longest text first.
         self._lookahead: list[_HeldMessage] = []
+        # Messages that a pull made before a pause brought in during it: held (kept alive), not
+        # started, so no delivery attempt is burnt on work that cannot finish; started on resume.
+        self._held_paused: list[tuple[Msg, str]] = []
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -289,8 +292,7 @@ class SynthWorker:
     async def _pull_loop(self) -> None:
         paused = False
         while not self._stopping.is_set():
-            blocked = ("all model servers down" if self.client.all_down()
-                       else "object store unreachable" if self._store_down.is_set() else None)
+            blocked = self._blocked()
             if blocked:
                 # Pulling now would only burn delivery attempts on work that cannot finish.
                 if not paused:
@@ -301,6 +303,9 @@ class SynthWorker:
             if paused:
                 log.info("synth.resumed")
                 paused = False
+            held, self._held_paused = self._held_paused, []
+            for msg, priority in held:
+                self._take(msg, priority)
             if self.adaptive is not None:
                 self.adaptive.used(sum(self._calling.values()))
                 self.adaptive.tick(time.monotonic())
@@ -316,6 +321,12 @@ class SynthWorker:
             except Exception as exc:  # NATS away: nats-py reconnects; we wait and ask again
                 log.warning("synth.pull_failed", error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(min(1.0, self.settings.poll_s * 5))
+
+    def _blocked(self) -> str | None:
+        """Why no message may start now (every model server down, the store away), or None."""
+        if self.client.all_down():
+            return "all model servers down"
+        return "object store unreachable" if self._store_down.is_set() else None
 
     def _free(self) -> int:
         """Messages this worker may start now. Model calls never exceed the call limit
@@ -376,6 +387,8 @@ class SynthWorker:
             if self._stopping.is_set():
                 with contextlib.suppress(Exception):
                     await msg.nak()
+            elif self._blocked():  # this wait began before the pause: hold the message until it ends
+                self._held_paused.append((msg, priority))
             else:
                 self._take(msg, priority)
         self._start_held()
@@ -392,7 +405,7 @@ class SynthWorker:
     def _start_held(self) -> None:
         """Start held bulk messages while bulk may start calls: the longest text first, or one
         held for more than `LOOKAHEAD_MAX_HOLD_S` (no short chunk waits for ever)."""
-        if not self._lookahead or self._stopping.is_set() or self._store_down.is_set() or self.client.all_down():
+        if not self._lookahead or self._stopping.is_set() or self._blocked():
             return  # paused: held messages wait (kept alive) instead of burning delivery attempts
         while self._lookahead and min(self._free(), self.bulk_room()) > 0:
             now = time.monotonic()
@@ -420,16 +433,17 @@ class SynthWorker:
         """In-progress acks for held messages, so holding them never outlives the ack deadline."""
         while True:
             await asyncio.sleep(max(0.5, self.settings.ack_wait_s / 3))
-            for held in list(self._lookahead):
+            for msg in [h.msg for h in self._lookahead] + [m for m, _ in self._held_paused]:
                 with contextlib.suppress(Exception):
-                    await held.msg.in_progress()
+                    await msg.in_progress()
 
     async def _release_lookahead(self) -> None:
         """Stopping: held messages go back to the stream for another worker, at once."""
-        held, self._lookahead = self._lookahead, []
-        for h in held:
+        held = [h.msg for h in self._lookahead] + [m for m, _ in self._held_paused]
+        self._lookahead, self._held_paused = [], []
+        for msg in held:
             with contextlib.suppress(Exception):
-                await h.msg.nak()
+                await msg.nak()
 
     def _start(self, msg: Msg, priority: str) -> None:
         if priority == PRIORITY_INTERACTIVE:
