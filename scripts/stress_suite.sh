@@ -51,7 +51,8 @@ failed_runs=0
 for ((i = 1; i <= runs; i++)); do
   dir=$work/clone
   if ((fresh_each)) || [[ ! -d $dir ]]; then
-    rm -rf "$dir" && clone "$dir" || { echo "stress_suite: clone failed" >&2; exit 2; }
+    rm -rf "$dir"
+    if ! clone "$dir"; then echo "stress_suite: clone failed" >&2; exit 2; fi
   fi
   for ((h = 0; h < hogs; h++)); do
     ( while :; do :; done ) &

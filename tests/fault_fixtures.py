@@ -322,7 +322,7 @@ class Observer:
     async def queue_depth(self) -> int:
         return (await self.js.stream_info(self.names.synth_stream)).state.messages
 
-    async def wait_queue_empty(self, timeout_s: float = 15) -> int:
+    async def wait_queue_empty(self, timeout_s: float = 60) -> int:
         deadline = time.monotonic() + timeout_s
         while (depth := await self.queue_depth()) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -341,7 +341,7 @@ class Observer:
             return WorkerHeartbeat.from_bytes((await kv.get(worker)).value)
         return None
 
-    async def wait_heartbeat(self, worker: str, timeout_s: float = 30, procs: WorkerProcs | None = None) -> None:
+    async def wait_heartbeat(self, worker: str, timeout_s: float = 60, procs: WorkerProcs | None = None) -> None:
         """Until `worker` is up (its first heartbeat is in `tts_workers`)."""
         deadline = time.monotonic() + timeout_s
         while await self.heartbeat(worker) is None:

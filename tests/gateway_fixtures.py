@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from http_gateway import create_app
 from pipeline.settings import Settings
+from tests.waiting import DEADLINE_S, until
 
 START_TIMEOUT_S = 15.0
 
@@ -118,13 +119,11 @@ def recording_proxy() -> Iterator[Callable[[str], tuple[RecordingProxy, str]]]:
         server.stop()
 
 
-async def wait_for_health(client: httpx.AsyncClient, status: str, timeout_s: float = 10.0) -> dict:
-    """Poll `/health` until it reports `status`; the last answer, or AssertionError."""
-    deadline = time.monotonic() + timeout_s
-    body: dict = {}
-    while time.monotonic() < deadline:
+async def wait_for_health(client: httpx.AsyncClient, status: str, timeout_s: float = DEADLINE_S) -> dict:
+    """Poll `/health` until it reports `status`; the answer, or `NotYet` with the last one."""
+
+    async def health() -> dict | None:
         body = (await client.get("/health")).json()
-        if body["status"] == status:
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"/health not {status!r} after {timeout_s} s: {body}")
+        return body if body["status"] == status else None
+
+    return await until(health, f"/health reports {status!r}", timeout_s)

@@ -24,6 +24,7 @@ from pipeline.devstack import free_port
 from pipeline.errors import StartupError
 from tests.conftest import sim_stats
 from tests.gateway_fixtures import gateway, wait_for_health  # noqa: F401 (fixture)
+from tests.waiting import until
 
 WORDS_PER_S = 2.5  # the stand-in's speaking rate
 
@@ -39,17 +40,10 @@ async def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-async def wait_for_heartbeat(settings, timeout_s: float = 10.0) -> None:
+async def wait_for_heartbeat(settings) -> None:
     """The bus target refuses to run until a worker's heartbeat reports a healthy model server."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            await run_bench(settings, BenchOptions(target="bus", requests=1, concurrent=1, timeout_s=10))
-            return
-        except StartupError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+    await until(lambda: run_bench(settings, BenchOptions(target="bus", requests=1, concurrent=1, timeout_s=10)),
+                "a worker's heartbeat reports a healthy model server", retry_on=(StartupError,))
 
 
 def nvidia_smi_line(at: float, memory_mb: int, util_pct: int) -> str:
@@ -137,14 +131,10 @@ async def test_failing_model_server_is_reported_not_a_crash(sims, harness, capsy
     # Through the bus: the worker gives up after max_deliver and says so in a failed event.
     h = await harness(backend_urls=[sim.url], heartbeat_s=0.2, max_deliver=1)
     await h.start_worker()
-    deadline = time.monotonic() + 10
-    while True:  # the first heartbeat says healthy (the stand-in's /health is fine)
-        try:
-            result = await run_bench(h.settings, BenchOptions(target="bus", requests=10, concurrent=5, timeout_s=20))
-            break
-        except StartupError:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+    # Once the first heartbeat says healthy (the stand-in's /health is fine), the run goes ahead.
+    result = await until(lambda: run_bench(h.settings, BenchOptions(target="bus", requests=10, concurrent=5,
+                                                                    timeout_s=20)),
+                         "the bus target starts", retry_on=(StartupError,))
     summary = result.summary()
     assert (summary["successful"], summary["failed"]) == (0, 10)
     assert "max_deliver" in summary["errors"][0] or "permanent" in summary["errors"][0]

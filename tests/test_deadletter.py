@@ -8,6 +8,7 @@ from pipeline import bus
 from pipeline.client import publish_synth
 from pipeline.deadletter import DeadLetterWatcher
 from pipeline.messages import ChunkFailed, DeadLetter, SynthRequest
+from tests.waiting import queue_empty, until
 
 
 async def test_max_deliveries_advisory_moves_the_message_to_the_dlq(harness):
@@ -37,9 +38,5 @@ async def test_max_deliveries_advisory_moves_the_message_to_the_dlq(harness):
     letter = DeadLetter.from_bytes((await h.js.get_msg(h.names.dlq_stream, info.state.last_seq)).data)
     assert letter.attempts == 2 and letter.chunk_id == "7"
     assert SynthRequest.from_bytes(letter.payload.encode()) == request
-    for _ in range(20):  # deleted from the work queue
-        if (await h.js.stream_info(h.names.synth_stream)).state.messages == 0:
-            break
-        await asyncio.sleep(0.1)
-    assert (await h.js.stream_info(h.names.synth_stream)).state.messages == 0
+    await until(lambda: queue_empty(h), "the letter's message is deleted from the work queue")
     assert watcher.moved == 1

@@ -22,6 +22,7 @@ from pipeline.messages import ChunkDone, DeadLetter, SynthRequest
 from pipeline.settings import Settings
 from pipeline.subjects import Names
 from tests.fault_fixtures import CLI, logs_to_this_test, settings_env  # noqa: F401 - autouse fixture
+from tests.waiting import until
 
 pytestmark = pytest.mark.faults
 
@@ -78,10 +79,11 @@ async def test_dlq_list_show_and_replay_re_drive_failed_work(sims, harness):
     await h.js.publish(h.names.synth("interactive"), garbage)
     foreign = DeadLetter(source_subject=h.names.chunk_done("redrive"), reason="permanent", error="not work",
                          attempts=1, payload="{}")
-    for _ in range(100):  # the garbage's letter first, then one from a subject that is no work queue
-        if (await h.js.stream_info(h.names.dlq_stream)).state.messages == 4:
-            break
-        await asyncio.sleep(0.1)
+    async def four_letters() -> bool:
+        return (await h.js.stream_info(h.names.dlq_stream)).state.messages == 4
+
+    # The garbage's letter first, then one from a subject that is no work queue.
+    await until(four_letters, "the garbage is dead-lettered")
     await h.js.publish(h.names.dlq(h.names.chunk_done("redrive")), foreign.to_bytes())
     # A letter too large for one message keeps only the head of its payload: never replayed.
     cut = DeadLetter(source_subject=h.names.synth("bulk"), reason="max_deliver", error="too big", attempts=5,
@@ -123,11 +125,11 @@ async def test_dlq_list_show_and_replay_re_drive_failed_work(sims, harness):
         assert everything.stdout.strip() == expected, everything.stdout
         outcomes = await waiter.wait_count(3, timeout_s=30)  # chunks 1 and 2 after 0
     assert sorted(o.chunk_id for o in outcomes if isinstance(o, ChunkDone)) == ["0", "1", "2"]
-    for _ in range(50):
+    async def three_left() -> list | None:
         left = json.loads((await run_dlq(["list", "--json"], h.settings)).stdout)
-        if len(left) == 3:
-            break
-        await asyncio.sleep(0.2)
+        return left if len(left) == 3 else None
+
+    left = await until(three_left, "three letters left after the replay")
     # What is left: the foreign and the cut letters, and the garbage under a new number (it failed again).
     assert [s["seq"] for s in left][:2] == [foreign_seq, cut_seq]
     assert left[2]["reason"] == "invalid" and left[2]["seq"] > cut_seq

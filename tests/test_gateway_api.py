@@ -25,6 +25,7 @@ from pipeline.store import sha256_hex
 from pipeline.subjects import REFERENCE_KEY
 from tests.conftest import sim_stats
 from tests.gateway_fixtures import gateway, recording_proxy, wait_for_health  # noqa: F401 (fixtures)
+from tests.waiting import until
 
 # The original README, verbatim.
 README_GENERATE_BODY = '{"text": "Hello, this is a test of the high throughput system."}'
@@ -48,12 +49,11 @@ async def start(harness, gateway, sim_url: str, **gateway_settings):
 async def settled_stats(client: httpx.AsyncClient) -> dict:
     """/stats once the queues are empty: answers reach the client before the worker has stored
     them and acked their messages, so the queues empty a moment after the last answer."""
-    for _ in range(50):
+    async def settled() -> dict | None:
         stats = (await client.get("/stats")).json()
-        if stats["queue_depth"] == {"interactive": 0, "bulk": 0}:
-            break
-        await asyncio.sleep(0.1)
-    return stats
+        return stats if stats["queue_depth"] == {"interactive": 0, "bulk": 0} else None
+
+    return await until(settled, "the gateway's queues are empty")
 
 
 def wav_seconds(data: bytes) -> float:
@@ -113,11 +113,7 @@ async def test_readme_examples_as_written(sims, harness, gateway):
     # the cache lookup (someone is waiting) and is cancelled when the lookup hits, unless this
     # instant stand-in answered first: one extra call at most.
     # A cancelled call is counted when the stand-in sees its client leave, a moment later.
-    for _ in range(50):
-        model = sim_stats(sim)
-        if model["concurrent"] == 0:
-            break
-        await asyncio.sleep(0.1)
+    model = await until(lambda: (s := sim_stats(sim))["concurrent"] == 0 and s, "the stand-in has no call open")
     assert model["calls"] in (4, 5) and model["completed"] + model["aborted"] == model["calls"]
     assert model["errors"] == 0
 

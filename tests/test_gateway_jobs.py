@@ -14,6 +14,7 @@ import httpx
 from pipeline import bus, jobs
 from pipeline.messages import ChapterFailed
 from tests.gateway_fixtures import gateway, wait_for_health  # noqa: F401 (fixtures)
+from tests.waiting import until
 
 CHAPTERS = [
     {"title": "The Lamp Room", "text": "The keeper climbed the stairs at dusk. " * 9
@@ -24,10 +25,10 @@ CHAPTERS = [
 
 async def open_client(gw) -> httpx.AsyncClient:
     client = httpx.AsyncClient(base_url=gw.url, timeout=30, trust_env=False)
-    deadline = time.monotonic() + 10
-    while (await client.get("/ready")).status_code != 200:
-        assert time.monotonic() < deadline, "gateway never became ready"
-        await asyncio.sleep(0.05)
+    async def ready() -> bool:
+        return (await client.get("/ready")).status_code == 200
+
+    await until(ready, "the gateway is ready")
     return client
 
 
@@ -186,10 +187,11 @@ async def test_body_limit_and_auth_apply_to_jobs(harness, gateway):
         assert (await client.get("/jobs/small/events")).status_code == 401
         big = await client.post("/jobs", json={"chapters": [{"text": "word " * 600}]}, headers=auth)
         assert big.status_code == 413 and "larger than the limit of 2048 bytes" in big.json()["detail"]
-        deadline = time.monotonic() + 10
-        while (answer := await client.post("/jobs", json=small, headers=auth)).status_code == 503:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        async def accepted() -> httpx.Response | None:
+            answer = await client.post("/jobs", json=small, headers=auth)
+            return None if answer.status_code == 503 else answer
+
+        answer = await until(accepted, "the job is accepted (not 503)")
         assert answer.status_code == 202, answer.text
         assert (await client.get("/jobs/small", headers=auth)).json()["job_id"] == "small"
 
@@ -219,8 +221,8 @@ async def test_event_stream_sends_heartbeats_and_unsubscribes_on_disconnect(harn
                 seen.append(await asyncio.wait_for(anext(lines), 5))
             assert json.loads((await anext(lines))[len("data: "):])["error"] == "published by the test"
         # The client went away: the gateway drops the subscription.
-        deadline = time.monotonic() + 10
-        while metric((await client.get("/metrics")).text, "tts_gateway_event_streams") != 0:
-            assert time.monotonic() < deadline, "the event stream's subscription was never dropped"
-            await asyncio.sleep(0.05)
+        async def dropped() -> bool:
+            return metric((await client.get("/metrics")).text, "tts_gateway_event_streams") == 0
+
+        await until(dropped, "the event stream's subscription is dropped")
 

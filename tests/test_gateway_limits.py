@@ -20,6 +20,7 @@ from pipeline.devstack import NatsServer, free_port
 from pipeline.settings import Settings
 from tests.conftest import BUCKET, leave_mid_body
 from tests.gateway_fixtures import ThreadedServer, gateway  # noqa: F401 (fixture)
+from tests.waiting import until
 
 MAX_TEXT = 100
 MAX_BATCH = 3
@@ -134,12 +135,12 @@ async def test_body_limit_applies_before_parsing(client):
 async def test_client_leaving_mid_body_is_counted_as_gone_not_as_an_error(limited, client):
     leave_mid_body(limited, "/generate")
     gone = 'tts_gateway_requests_total{outcome="client_gone",route="/generate"} 1.0'
-    for _ in range(50):
+
+    async def counted() -> str | None:
         metrics = (await client.get("/metrics")).text
-        if gone in metrics:
-            break
-        await asyncio.sleep(0.1)
-    assert gone in metrics
+        return metrics if gone in metrics else None
+
+    metrics = await until(counted, "the request is counted as client_gone")
     assert 'outcome="error"' not in metrics
     assert (await client.post("/generate", json={"text": ""})).status_code == 400  # still serving
 
@@ -203,11 +204,9 @@ async def test_bus_going_away_is_503_and_coming_back_is_ready(stack, gateway, tm
             assert (r.status_code, r.json()["detail"]) == (503, "message bus unavailable")
             assert (await c.get("/ready")).status_code == 503
             nats.restart()
-            for _ in range(100):
-                if (await c.get("/ready")).status_code == 200:
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("gateway not ready 10 s after NATS came back")
+            async def ready() -> bool:
+                return (await c.get("/ready")).status_code == 200
+
+            await until(ready, "the gateway is ready after NATS came back")
     finally:
         nats.stop()
