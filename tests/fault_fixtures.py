@@ -179,7 +179,7 @@ class NatsCluster:
                 f"cluster {{\n  name: faults\n  listen: 127.0.0.1:{self.route_ports[i]}\n"
                 f"  routes: [\n{routes}\n  ]\n}}\n")
 
-    def start(self, timeout_s: float = 30) -> "NatsCluster":
+    def start(self, timeout_s: float = 60) -> "NatsCluster":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         binary = find_binary("nats-server")
         for i in range(3):

@@ -25,7 +25,7 @@ from http_gateway import create_app
 from pipeline.settings import Settings
 from tests.waiting import DEADLINE_S, until
 
-START_TIMEOUT_S = 15.0
+START_TIMEOUT_S = 60.0
 
 
 class ThreadedServer:

@@ -10,6 +10,7 @@ import pytest
 from pipeline.adaptive import AdaptiveLimit
 from pipeline.client import publish_synth
 from pipeline.messages import SynthRequest
+from tests.waiting import until
 
 
 def server(limit: int, slots: int, penalty: float = 0.02) -> tuple[float, float]:
@@ -70,8 +71,9 @@ async def test_a_worker_finds_the_stand_ins_slots(sims, harness):
     await asyncio.gather(*(publish_synth(h.js, h.names, r, "bulk") for r in requests))
     worker = await h.start_worker()
     assert worker.call_limit == 12
-    await asyncio.sleep(20)
-    history = worker.adaptive.history
+    # Twenty one-second windows with a decision (about 20 s on a quiet machine; 900 calls last ~60 s).
+    history = await until(lambda: len(worker.adaptive.history) >= 20 and list(worker.adaptive.history),
+                          "twenty windows of the controller", timeout_s=120)
     assert max(history) > 12  # it climbed from its start ...
     # ... and came back to about the stand-in's slots. Where it settled is the median of its last
     # windows: after a flat stretch it probes a step up by design, and on a busy machine one noisy

@@ -79,7 +79,7 @@ async def test_sigterm_drains_and_a_new_worker_finishes_the_batch(sims, harness)
         await asyncio.gather(*(publish_synth(h.js, h.names, r, "bulk") for r in reqs))
         first = subprocess.Popen(CLI + ["worker", "synth"], env=env, stdin=subprocess.DEVNULL,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        await waiter.wait_count(10, timeout_s=30)
+        await waiter.wait_count(10, timeout_s=60)
         first.send_signal(signal.SIGTERM)
         out, err = await asyncio.to_thread(first.communicate, timeout=30)
         assert first.returncode == 0, err
@@ -165,7 +165,7 @@ async def test_worker_serves_prometheus_metrics(sims, harness):
     try:
         async with h.waiter("metrics") as waiter:
             await publish_synth(h.js, h.names, requests_for("metrics", 1)[0], "bulk")
-            await waiter.wait_count(1, timeout_s=30)
+            await waiter.wait_count(1, timeout_s=60)
         text = (await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/metrics", timeout=5)).text
     finally:
         proc.send_signal(signal.SIGTERM)

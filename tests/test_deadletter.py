@@ -28,7 +28,7 @@ async def test_max_deliveries_advisory_moves_the_message_to_the_dlq(harness):
             # The server announces the exhausted message when it would deliver it again:
             # a live worker asking for more work is what makes it look.
             assert await puller.pull(1, wait_s=2) == []
-            (failed,) = await waiter.wait_count(1, timeout_s=15)
+            (failed,) = await waiter.wait_count(1, timeout_s=60)
     finally:
         await puller.stop()
         await watcher.stop()

@@ -75,7 +75,7 @@ async def test_dlq_list_show_and_replay_re_drive_failed_work(sims, harness):
         await h.start_worker()
         for request in requests:
             await publish_synth(h.js, h.names, request, "bulk")
-        await waiter.wait_count(3, timeout_s=30)
+        await waiter.wait_count(3, timeout_s=60)
     await h.js.publish(h.names.synth("interactive"), garbage)
     foreign = DeadLetter(source_subject=h.names.chunk_done("redrive"), reason="permanent", error="not work",
                          attempts=1, payload="{}")
@@ -118,12 +118,12 @@ async def test_dlq_list_show_and_replay_re_drive_failed_work(sims, harness):
         assert (await run_dlq(["replay", seq, "--keep"], h.settings)).stdout.strip() == "replayed 1 dead letters"
         again = await run_dlq(["replay", seq], h.settings)
         assert "1 already replayed inside the duplicate window" in again.stdout, again.stdout
-        (done,) = await waiter.wait_count(1, timeout_s=30)
+        (done,) = await waiter.wait_count(1, timeout_s=60)
         assert isinstance(done, ChunkDone) and done.chunk_id == "0"
         everything = await run_dlq(["replay", "--all"], h.settings)
         expected = "replayed 3 dead letters (2 skipped: not from a work queue, or payload cut)"
         assert everything.stdout.strip() == expected, everything.stdout
-        outcomes = await waiter.wait_count(3, timeout_s=30)  # chunks 1 and 2 after 0
+        outcomes = await waiter.wait_count(3, timeout_s=60)  # chunks 1 and 2 after 0
     assert sorted(o.chunk_id for o in outcomes if isinstance(o, ChunkDone)) == ["0", "1", "2"]
     async def three_left() -> list | None:
         left = json.loads((await run_dlq(["list", "--json"], h.settings)).stdout)

@@ -141,7 +141,7 @@ async def test_garbage_on_every_consumed_subject_is_dead_lettered_and_workers_ke
     worker_procs.start("synth", settings, "garbage-synth")
     worker_procs.start("ingest", settings, "garbage-ingest")
     await observer.wait_heartbeat("garbage-synth", procs=worker_procs)
-    await _garbage_case(settings, observer, worker_procs, SMALL_KINDS, "7-garbage", timeout_s=20)
+    await _garbage_case(settings, observer, worker_procs, SMALL_KINDS, "7-garbage", timeout_s=60)
     assert sim_stats(sim)["calls"] == 3  # the valid work only
     assert all(code == 0 for code in worker_procs.stop_all()), worker_procs.logs()
 
@@ -154,4 +154,4 @@ async def test_900_kb_of_random_bytes_on_every_consumed_subject_is_dead_lettered
     worker_procs.start("synth", settings, "noise-synth")
     worker_procs.start("ingest", settings, "noise-ingest")
     await observer.wait_heartbeat("noise-synth", procs=worker_procs)
-    await _garbage_case(settings, observer, worker_procs, ["random_900kb"], "7b-garbage-900kb", timeout_s=8)
+    await _garbage_case(settings, observer, worker_procs, ["random_900kb"], "7b-garbage-900kb", timeout_s=60)

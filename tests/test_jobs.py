@@ -15,6 +15,7 @@ import soundfile as sf
 from pipeline import bus, jobs
 from pipeline.messages import ChapterDone, ChapterFailed, ChapterSubmit, JobDone, Sampling, SynthRequest
 from tests.conftest import sim_stats
+from tests.waiting import queue_empty, until
 
 SENTENCES = [
     "The lighthouse keeper climbed the stairs at dusk.",
@@ -119,10 +120,13 @@ async def test_resubmitting_a_finished_book_synthesises_nothing(sims, harness):
     calls = sim_stats(sim)["calls"]
     await asyncio.sleep(1.2)  # past the duplicate window: the server accepts the same ids again
     await submit_chapters(h, "again", texts)
-    await asyncio.sleep(2)
+
+    async def both_queues_empty() -> bool:  # ingest took the chapters, the worker whatever they made
+        chapters = (await h.js.stream_info(h.names.chapters_stream)).state.messages
+        return chapters == 0 and await queue_empty(h)
+
+    await until(both_queues_empty, "the resubmitted chapters are handled")
     assert sim_stats(sim)["calls"] == calls
-    info = await h.js.stream_info(h.names.synth_stream)
-    assert info.state.messages == 0
 
 
 async def test_failed_chunk_fails_its_chapter_and_retry_completes_it(sims, harness):
@@ -135,10 +139,7 @@ async def test_failed_chunk_fails_its_chapter_and_retry_completes_it(sims, harne
     await h.start_assembler()
     async with JobEvents(h, "fixme") as watch:
         await submit_chapters(h, "fixme", [chapter_text(0, 3)])
-        for _ in range(100):
-            if any(isinstance(e, ChapterFailed) for e in watch.events):
-                break
-            await asyncio.sleep(0.1)
+        await until(lambda: any(isinstance(e, ChapterFailed) for e in watch.events), "the chapter fails")
         failed = [e for e in watch.events if isinstance(e, ChapterFailed)]
         assert failed and failed[0].failed_chunks and "400" in failed[0].error
         kv = await bus.jobs_kv(h.js, h.names)
@@ -178,10 +179,7 @@ async def test_bad_chapter_messages_fail_clearly_and_others_go_on(sims, harness,
         await h.js.publish(h.names.chapters_submit, payload)
         await submit_chapters(h, "good", [chapter_text(1, 3)])
         await asyncio.wait_for(watch.done.wait(), 60)
-    for _ in range(50):
-        if failed:
-            break
-        await asyncio.sleep(0.1)
+    await until(lambda: failed, "the bad chapter's failed event")
     await sub.unsubscribe()
     assert [f.reason for f in failed] == [reason]
     info = await h.js.stream_info(h.names.dlq_stream)
@@ -233,16 +231,15 @@ async def test_ingest_publishes_a_chapters_longest_chunks_first(harness):
     text = chapter_text(0)
     await submit_chapters(h, "order", [text])
     stream = h.names.synth_stream
-    for _ in range(100):
-        plan_exists = await h.store.exists(jobs.plan_key("order", 0))
+
+    async def published_plan():
+        if not await h.store.exists(jobs.plan_key("order", 0)):
+            return None
+        plan = jobs.ChapterPlan.model_validate_json(await h.store.get(jobs.plan_key("order", 0)))
         info = await h.js.stream_info(stream)
-        if plan_exists:
-            plan = jobs.ChapterPlan.model_validate_json(await h.store.get(jobs.plan_key("order", 0)))
-            if info.state.messages == len(plan.chunks):
-                break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("ingest did not publish the chapter")
+        return (plan, info) if info.state.messages == len(plan.chunks) else None
+
+    plan, info = await until(published_plan, "ingest publishes the chapter")
     published = [SynthRequest.model_validate_json((await h.js.get_msg(stream, seq)).data)
                  for seq in range(info.state.first_seq, info.state.last_seq + 1)]
     lengths = [(len(r.text.split()), len(r.text)) for r in published]  # words, then characters

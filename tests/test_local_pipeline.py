@@ -114,7 +114,7 @@ async def test_runaway_answers_are_retried_then_fail_as_too_long(sims, harness):
     async with h.waiter("runaway") as waiter:
         await h.start_worker()
         await publish_synth(h.js, h.names, req, "bulk")
-        (outcome,) = await waiter.wait_count(1, timeout_s=30)
+        (outcome,) = await waiter.wait_count(1, timeout_s=60)
     assert isinstance(outcome, ChunkFailed) and outcome.reason == "max_deliver" and outcome.attempt == 3
     assert "too long" in outcome.error and "silence at the end" in outcome.error
     assert sim_stats(sim)["calls"] == 3
@@ -129,7 +129,7 @@ async def test_truncated_answers_are_retried_then_fail_as_too_short(sims, harnes
     async with h.waiter("cut") as waiter:
         await h.start_worker()
         await publish_synth(h.js, h.names, req, "bulk")
-        (outcome,) = await waiter.wait_count(1, timeout_s=30)
+        (outcome,) = await waiter.wait_count(1, timeout_s=60)
     assert isinstance(outcome, ChunkFailed) and outcome.reason == "max_deliver"
     assert "too short" in outcome.error
     assert sim_stats(sim)["calls"] == 3

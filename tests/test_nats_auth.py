@@ -12,6 +12,7 @@ from pipeline import bus
 from pipeline.devstack import find_binary, free_port
 from pipeline.errors import StartupError
 from pipeline.settings import Settings
+from tests.waiting import until_sync
 
 
 @pytest.fixture
@@ -20,12 +21,12 @@ def nats_with_password(tmp_path):
     proc = subprocess.Popen([find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
                              str(tmp_path), "--user", "pipeline", "--pass", "s3cret"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def listening() -> bool:
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.02)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    until_sync(listening, "nats-server listens", every_s=0.02)
     yield f"nats://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)

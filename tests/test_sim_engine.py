@@ -18,6 +18,7 @@ import pytest
 
 from pipeline.engines.sim import SimConfig, SimServer, add_arguments, config_from_args
 from tests.conftest import leave_mid_body
+from tests.waiting import until_sync
 
 MODEL = "higgs-audio-v2"
 TEN_WORDS = "the quick brown fox jumps over the lazy sleeping dog"  # 4.0 s at 2.5 words/s
@@ -184,7 +185,9 @@ async def test_slots_and_latency_bound_concurrency():
             elapsed_s = time.monotonic() - started
         stats = sim.stats()
     assert all(a.status_code == 200 for a in answers)
-    assert 0.85 < elapsed_s < 1.4  # three waves of 0.3 s
+    # Three waves of 0.3 s at least (a lower bound: a busy machine only makes it longer; speed
+    # itself is for the benchmarks). That the waves ran four at a time shows in peak_active.
+    assert elapsed_s > 0.85
     assert stats["peak_active"] == 4
     assert stats["peak_concurrent"] == 12  # all twelve were inside handlers, eight queued
     assert stats["calls"] == stats["completed"] == 12 and stats["active"] == stats["queued"] == 0
@@ -203,7 +206,8 @@ async def test_tokens_per_s_follows_the_batch_step_model():
         stats = sim.stats()
     assert all(a.json()["usage"]["completion_tokens"] == 100 for a in answers)
     expected_s = 100 / 250 * (1 + 0.02 * 7)
-    assert 0.9 * expected_s < elapsed_s < 1.5 * expected_s
+    assert elapsed_s > 0.9 * expected_s  # one batch step of eight, not faster (a load-proof lower bound)
+    assert stats["peak_active"] == 8  # ... and in one batch, not one after another
     assert stats["ideal_audio_s_per_s"] == pytest.approx(8 * 250 / (1 + 0.02 * 7) / 25)
 
 
@@ -263,10 +267,7 @@ def test_client_leaving_before_its_body_arrives_is_an_abort_not_an_error():
     # the cache answers first) must count as aborted, like one that leaves while the call generates.
     with sim_client() as (sim, _):
         leave_mid_body(sim.url, "/v1/audio/speech")
-        deadline = time.monotonic() + 5
-        while sim.stats()["aborted"] + sim.stats()["errors"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        stats = sim.stats()
+        stats = until_sync(lambda: (s := sim.stats())["aborted"] + s["errors"] and s, "the call is counted")
         assert (stats["calls"], stats["aborted"], stats["errors"]) == (1, 1, 0)
 
 
@@ -290,13 +291,11 @@ def test_stop_leaves_no_thread_even_with_a_hung_call():
     hung_status: list[int] = []
     hung = threading.Thread(target=_post, args=(f"{sim.url}/v1/chat/completions", hung_status))
     hung.start()
-    time.sleep(0.2)
-    started = time.monotonic()
+    until_sync(lambda: sim.stats()["concurrent"] == 1, "the hung call reaches the stand-in")
     sim.stop()
-    hung.join(5.0)
-    assert time.monotonic() - started < 1.0  # the hung call is answered 503, not waited for
+    hung.join(60.0)
     assert set(threading.enumerate()) <= before
-    assert hung_status == [503]
+    assert hung_status == [503]  # the hung call is answered 503, not waited for (it would never end)
 
 
 def _post(url: str, statuses: list[int]) -> None:

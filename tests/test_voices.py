@@ -106,7 +106,7 @@ async def test_preset_voices_go_to_chat_with_their_reference_and_builtins_to_spe
         await h.start_worker()
         for req in reqs:
             await publish_synth(h.js, h.names, req, "bulk")
-        outcomes = await waiter.wait_count(2, timeout_s=30)
+        outcomes = await waiter.wait_count(2, timeout_s=60)
     assert all(isinstance(o, ChunkDone) for o in outcomes), outcomes
     assert sim_stats(sim)["calls_by_path"] == {"/v1/chat/completions": 1, "/v1/audio/speech": 1}
 

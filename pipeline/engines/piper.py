@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.audio import encode_wav, resample
 from pipeline.engines.serving import (
-    AUDIO_TOKENS_PER_S, BackgroundServer, ChatRequest, RequestError, SpeechRequest,
+    AUDIO_TOKENS_PER_S, CLIENT_GONE_STATUS, BackgroundServer, ChatRequest, RequestError, SpeechRequest,
     check_chat_audio, check_model, estimate_prompt_tokens, models_body, parse, reference_audio,
     response_for, speech_prompt_tokens, target_text, token_limit,
 )
@@ -122,6 +122,7 @@ class PiperEngine:
         self._lock = threading.Lock()
         self.running = 0  # syntheses running now (never above the pool size)
         self.peak_running = 0
+        self.clients_gone = 0  # callers that left before their request body arrived
 
     def speak(self, text: str, temperature: float = 1.0, max_tokens: int | None = None) -> Speech:
         """Blocking: int16 samples at the voice's rate, cut at `max_tokens` (25 per second)."""
@@ -267,6 +268,8 @@ def create_app(engine: PiperEngine) -> FastAPI:
             try:
                 return await handler(engine, request)
             except RequestError as exc:
+                if exc.status == CLIENT_GONE_STATUS:
+                    engine.clients_gone += 1
                 return response_for(exc)
         return endpoint
 
