@@ -44,19 +44,19 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from pipeline import bus
-from pipeline.adaptive import AdaptiveLimit
-from pipeline.audio import AudioBounds, CheckedAudio, check_answer, encode_wav, loudness_lufs, to_mono_int16
+from pipeline.synthesis.adaptive import AdaptiveLimit
+from pipeline.audio.checks import AudioBounds, CheckedAudio, check_answer, encode_wav, loudness_lufs, to_mono_int16
 from pipeline.backend import BackendAnswer, HiggsClient
-from pipeline.errors import Permanent, Retryable, StoreRetryable
-from pipeline.messages import (
+from pipeline.contracts.errors import Permanent, Retryable, StoreRetryable
+from pipeline.contracts.messages import (
     AudioReply, BackendStatus, ChunkDone, ChunkFailed, ChunkTimings, DeadLetter, SynthRequest, WorkerHeartbeat,
 )
-from pipeline.policy import DeliveryPolicy, backoff_s
-from pipeline.worker_metrics import WorkerMetrics
-from pipeline.settings import Settings
+from pipeline.contracts.policy import DeliveryPolicy, backoff_s
+from pipeline.synthesis.metrics import WorkerMetrics
+from pipeline.contracts.settings import Settings
 from pipeline.store import Store, audio_key
-from pipeline.subjects import INVALID_JOB, PRIORITIES, PRIORITY_BULK, PRIORITY_INTERACTIVE, TOKEN_RE, Names, event_msg_id
-from pipeline.voices import VoiceBook
+from pipeline.contracts.subjects import INVALID_JOB, PRIORITIES, PRIORITY_BULK, PRIORITY_INTERACTIVE, TOKEN_RE, Names, event_msg_id
+from pipeline.synthesis.voices import VoiceBook
 
 log = structlog.get_logger("pipeline.synth")
 
@@ -719,7 +719,7 @@ async def _cancel(task: asyncio.Task | None) -> None:
 
 def _load_gate(settings: Settings):
     """The ASR gate with its model loaded (needs the `verify` extra)."""
-    from pipeline.asr import AsrGate, Transcriber
+    from pipeline.audio.asr import AsrGate, Transcriber
 
     return AsrGate(Transcriber(settings.verify_model, settings.verify_threads).load(), settings.verify_max_wer)
 

@@ -7,9 +7,9 @@ import statistics
 
 import pytest
 
-from pipeline.adaptive import AdaptiveLimit
+from pipeline.synthesis.adaptive import AdaptiveLimit
 from pipeline.client import publish_synth
-from pipeline.messages import SynthRequest
+from pipeline.contracts.messages import SynthRequest
 
 
 def server(limit: int, slots: int, penalty: float = 0.02) -> tuple[float, float]:

@@ -9,10 +9,10 @@ from ebooklib import epub
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.books import (
+from pipeline.text.books import (
     BookError, Chapter, MissingExtra, read_book, read_epub, read_markdown, read_txt)
-from pipeline.errors import Permanent
-from pipeline.text import split_text
+from pipeline.contracts.errors import Permanent
+from pipeline.text.split import split_text
 from tests.conftest import growth_ratio
 
 

@@ -6,8 +6,8 @@ import asyncio
 
 from pipeline import bus
 from pipeline.client import publish_synth
-from pipeline.deadletter import DeadLetterWatcher
-from pipeline.messages import ChunkFailed, DeadLetter, SynthRequest
+from pipeline.synthesis.deadletters import DeadLetterWatcher
+from pipeline.contracts.messages import ChunkFailed, DeadLetter, SynthRequest
 
 
 async def test_max_deliveries_advisory_moves_the_message_to_the_dlq(harness):

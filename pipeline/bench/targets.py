@@ -15,11 +15,11 @@ import uuid
 
 import httpx
 
-from pipeline.audio import decode_wav, repair_wav, to_mono_int16
-from pipeline.bench import DEFAULT_URL, TEMPERATURE, BenchOptions, Sample
-from pipeline.errors import StartupError
-from pipeline.messages import ChunkDone, ChunkFailed, Sampling, SynthRequest, WorkerHeartbeat
-from pipeline.settings import Settings
+from pipeline.audio.checks import decode_wav, repair_wav, to_mono_int16
+from pipeline.bench.run import DEFAULT_URL, TEMPERATURE, BenchOptions, Sample
+from pipeline.contracts.errors import StartupError
+from pipeline.contracts.messages import ChunkDone, ChunkFailed, Sampling, SynthRequest, WorkerHeartbeat
+from pipeline.contracts.settings import Settings
 
 HEALTH_TIMEOUT_S = 5.0
 # Answers of the stand-in's stats that would flood the summary.
@@ -166,7 +166,7 @@ class BusTarget:
     """`SynthRequest`s published to `tts.synth.<priority>`, each waited for on its chunk event."""
 
     def __init__(self, settings: Settings, options: BenchOptions):
-        from pipeline.subjects import Names
+        from pipeline.contracts.subjects import Names
 
         self.settings = settings
         self.options = options

@@ -23,13 +23,14 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.js import api as js_api
 from pydantic import ValidationError
 
-from pipeline import bus, jobs
+from pipeline import bus
+from pipeline.jobs import state as jobs
 from pipeline.assemble import assemble_chapter, slug
-from pipeline.messages import ChapterDone, ChapterFailed, ChunkDone, ChunkFailed, JobDone, JobProgress
-from pipeline.policy import backoff_s
-from pipeline.settings import Settings
+from pipeline.contracts.messages import ChapterDone, ChapterFailed, ChunkDone, ChunkFailed, JobDone, JobProgress
+from pipeline.contracts.policy import backoff_s
+from pipeline.contracts.settings import Settings
 from pipeline.store import Store
-from pipeline.subjects import MANIFEST_KEY, SUBTITLES_KEY, TIMING_KEY, Names
+from pipeline.contracts.subjects import MANIFEST_KEY, SUBTITLES_KEY, TIMING_KEY, Names
 
 log = structlog.get_logger("pipeline.assembler")
 

@@ -19,8 +19,8 @@ from typing import Callable, Literal, TypeVar
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.messages import AudioFormat, ChapterSubmit, Reference, Sampling, SynthRequest
-from pipeline.subjects import PLAN_KEY
+from pipeline.contracts.messages import AudioFormat, ChapterSubmit, Reference, Sampling, SynthRequest
+from pipeline.contracts.subjects import PLAN_KEY
 
 ChapterStatus = Literal["pending", "assembling", "done", "failed"]
 M = TypeVar("M", bound=BaseModel)

@@ -23,12 +23,13 @@ import httpx
 import structlog
 
 from pipeline import bus
-from pipeline.devstack import DevStack, DevStackError, free_port
-from pipeline.errors import StartupError
-from pipeline.messages import ChapterDone, ChapterFailed, ChapterSubmit
-from pipeline.runtime import install_stop_signals, synth_worker
-from pipeline.settings import Settings
-from pipeline.subjects import MANIFEST_KEY, Names
+from pipeline.stack.devstack import DevStack
+from pipeline.stack.ports import DevStackError, free_port
+from pipeline.contracts.errors import StartupError
+from pipeline.contracts.messages import ChapterDone, ChapterFailed, ChapterSubmit
+from pipeline.stack.runtime import install_stop_signals, synth_worker
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import MANIFEST_KEY, Names
 
 log = structlog.get_logger("pipeline.embedded")
 
@@ -133,7 +134,8 @@ async def pipeline_services(settings: Settings):
 
     Yields the worker; `worker.stop()` ends the worker, and leaving the block stops the rest.
     """
-    from pipeline import assembler, ingest
+    from pipeline import ingest
+    from pipeline.jobs import assembler
 
     async with synth_worker(settings, name="embedded") as worker:
         await worker.setup()
@@ -219,7 +221,7 @@ async def run_demo(settings: Settings, out_dir: str, text_file: str | None) -> i
 def _demo_chapters(text_file: str | None) -> list[tuple[str, str]]:
     if text_file is None:
         return DEMO_BOOK
-    from pipeline.books import BookError, read_book
+    from pipeline.text.books import BookError, read_book
 
     try:
         chapters = [(c.title, c.text) for c in read_book(Path(text_file))]

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.subjects import check_token
+from pipeline.contracts.subjects import check_token
 
 SCHEMA_VERSION = 1
 

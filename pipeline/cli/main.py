@@ -22,9 +22,9 @@ import sys
 
 from pydantic import ValidationError
 
-from pipeline import logs
-from pipeline.errors import PipelineError, StartupError
-from pipeline.settings import Settings
+from pipeline.cli import logs
+from pipeline.contracts.errors import PipelineError, StartupError
+from pipeline.contracts.settings import Settings
 
 
 def _settings() -> Settings:
@@ -41,7 +41,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     if args.max_in_flight:
         settings = settings.model_copy(update={"max_in_flight": args.max_in_flight})
     logs.configure(settings.log_level, settings.log_json)
-    from pipeline import runtime
+    from pipeline.stack import runtime
 
     if args.kind == "synth":
         runtime.run_service(runtime.run_synth_worker(settings))
@@ -50,14 +50,14 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
         runtime.run_service(runtime.run_broker_service(settings, "ingest", ingest.Ingestor, ingest.build_broker))
     else:
-        from pipeline import assembler
+        from pipeline.jobs import assembler
 
         runtime.run_service(runtime.run_broker_service(settings, "assemble", assembler.Assembler, assembler.build_broker))
     return 0
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
-    from pipeline import jobs_cli
+    from pipeline.cli import jobs as jobs_cli
 
     settings = _settings()
     logs.configure("warning", settings.log_json)
@@ -72,9 +72,9 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 
 def _cmd_engine(args: argparse.Namespace) -> int:
     if args.kind == "sim":
-        from pipeline.engines import sim
+        from pipeline.engines.sim.server import config_from_args, serve
 
-        sim.serve(sim.config_from_args(args), args.host, args.port)
+        serve(config_from_args(args), args.host, args.port)
         return 0
     if args.kind == "piper":
         from pipeline.engines import piper
@@ -89,7 +89,7 @@ def _cmd_engine(args: argparse.Namespace) -> int:
 
 
 def _cmd_voices(args: argparse.Namespace) -> int:
-    from pipeline.voices import sync_folder
+    from pipeline.synthesis.voices import sync_folder
 
     settings = _settings()
     logs.configure("warning", settings.log_json)
@@ -97,8 +97,8 @@ def _cmd_voices(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from pipeline import runtime
-    from pipeline.embedded import run_up
+    from pipeline.stack import runtime
+    from pipeline.stack.embedded import run_up
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_json)
@@ -107,7 +107,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.embedded import run_demo
+    from pipeline.stack.embedded import run_demo
 
     settings = _settings()
     logs.configure("warning", settings.log_json)
@@ -125,7 +125,7 @@ def _cmd_say(args: argparse.Namespace) -> int:
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
     from http_gateway.server import run_gateway
-    from pipeline import runtime
+    from pipeline.stack import runtime
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_json)
@@ -134,7 +134,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq(args: argparse.Namespace) -> int:
-    from pipeline import dlq_cli
+    from pipeline.cli import dlq as dlq_cli
 
     settings = _settings()
     logs.configure("warning", settings.log_json)
@@ -148,7 +148,7 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline import bench
+    from pipeline.bench import run as bench
 
     settings = _settings()
     logs.configure("warning", settings.log_json)
@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("engine", help="run a model server speaking the Higgs vLLM protocol")
     p.add_argument("--kind", choices=["sim", "piper"], default="sim")
-    from pipeline.engines import piper, sim
+    from pipeline.engines import piper
+    from pipeline.engines.sim import server as sim
 
     sim.add_arguments(p)
     piper.add_arguments(p)

@@ -27,7 +27,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
-from pipeline.errors import Permanent
+from pipeline.contracts.errors import Permanent
 
 Source = str | bytes | os.PathLike
 # Control characters other than whitespace: more than 1% of them (or any NUL) means binary data.

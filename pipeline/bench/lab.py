@@ -24,10 +24,11 @@ from pathlib import Path
 import httpx
 
 from pipeline import bus
-from pipeline.devstack import DevStack, free_port
-from pipeline.messages import WorkerHeartbeat
-from pipeline.settings import Settings
-from pipeline.subjects import Names
+from pipeline.stack.devstack import DevStack
+from pipeline.stack.ports import free_port
+from pipeline.contracts.messages import WorkerHeartbeat
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import Names
 
 SLOTS = 32
 ENGINE_READY_TIMEOUT_S = 30.0

@@ -12,18 +12,20 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from pipeline import bus, jobs, jobs_api
-from pipeline.errors import StartupError
-from pipeline.messages import ChapterSubmit
-from pipeline.settings import Settings
-from pipeline.subjects import MANIFEST_KEY, Names
+from pipeline import bus
+from pipeline.jobs import state as jobs
+from pipeline.jobs import api as jobs_api
+from pipeline.contracts.errors import StartupError
+from pipeline.contracts.messages import ChapterSubmit
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import MANIFEST_KEY, Names
 
 POLL_S = 0.5
 
 
 @asynccontextmanager
 async def connection(settings: Settings, name: str):
-    from pipeline.runtime import open_store
+    from pipeline.store import open_store
 
     nc = await bus.connect(settings, name=name)
     try:
@@ -52,7 +54,7 @@ def build_submits(chapters, job_id: str, voice: str | None, fmt: str) -> list[Ch
 
 
 async def submit(settings: Settings, file: str, voice: str | None, fmt: str, job_id: str | None, wait: bool) -> int:
-    from pipeline.books import BookError, read_book
+    from pipeline.text.books import BookError, read_book
 
     path = Path(file)
     try:

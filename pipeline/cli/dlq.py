@@ -21,10 +21,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from pipeline import bus
-from pipeline.errors import PipelineError
-from pipeline.messages import DeadLetter
-from pipeline.settings import Settings
-from pipeline.subjects import Names
+from pipeline.contracts.errors import PipelineError
+from pipeline.contracts.messages import DeadLetter
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import Names
 
 ERROR_COLUMN_CHARS = 70
 

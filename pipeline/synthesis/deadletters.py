@@ -21,8 +21,8 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from pipeline import bus
-from pipeline.messages import ChunkFailed, DeadLetter, SynthRequest
-from pipeline.subjects import Names
+from pipeline.contracts.messages import ChunkFailed, DeadLetter, SynthRequest
+from pipeline.contracts.subjects import Names
 
 log = structlog.get_logger("pipeline.deadletter")
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.audio import resample
-from pipeline.errors import Permanent
-from pipeline.wer import word_error_rate
+from pipeline.audio.checks import resample
+from pipeline.contracts.errors import Permanent
+from pipeline.audio.wer import word_error_rate
 
 WHISPER_RATE_HZ = 16000
 

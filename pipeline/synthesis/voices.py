@@ -30,11 +30,11 @@ import soundfile as sf
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.audio import encode_wav, resample
-from pipeline.errors import Permanent
-from pipeline.messages import Reference, SynthRequest
-from pipeline.store import Store, sha256_hex
-from pipeline.subjects import VOICE_AUDIO_KEY, VOICE_META_KEY, check_token
+from pipeline.audio.checks import encode_wav, resample
+from pipeline.contracts.errors import Permanent
+from pipeline.contracts.messages import Reference, SynthRequest
+from pipeline.store import Store, open_store, sha256_hex
+from pipeline.contracts.subjects import VOICE_AUDIO_KEY, VOICE_META_KEY, check_token
 
 log = structlog.get_logger("pipeline.voices")
 
@@ -172,8 +172,6 @@ class VoiceBook:
 
 async def sync_folder(settings, folder: str) -> int:
     """`tts-pipeline voices sync`: upload `folder`, print one line per preset; exit status."""
-    from pipeline.runtime import open_store
-
     store = await open_store(settings)
     try:
         synced = await sync_presets(store, Path(folder), settings.sample_rate_hz)

@@ -24,9 +24,10 @@ from typing import Protocol
 from annotated_types import MaxLen
 from pydantic import ValidationError
 
-from pipeline import bus, jobs
-from pipeline.messages import AudioFormat, ChapterSubmit, Reference, Sampling
-from pipeline.subjects import Names, chapter_msg_id
+from pipeline import bus
+from pipeline.jobs import state as jobs
+from pipeline.contracts.messages import AudioFormat, ChapterSubmit, Reference, Sampling
+from pipeline.contracts.subjects import Names, chapter_msg_id
 
 
 def _max_length(field: str) -> int:

@@ -9,10 +9,10 @@ import signal
 import structlog
 
 from pipeline import bus
-from pipeline.deadletter import DeadLetterWatcher
-from pipeline.settings import Settings
-from pipeline.subjects import Names
-from pipeline.store import Store
+from pipeline.synthesis.deadletters import DeadLetterWatcher
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import Names
+from pipeline.store import open_store
 
 log = structlog.get_logger("pipeline.runtime")
 
@@ -26,17 +26,6 @@ def run_service(main):
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
-
-
-async def open_store(settings: Settings) -> Store:
-    """A store whose bucket exists; `StartupError` when S3 is unreachable or refuses us."""
-    store = Store(settings)
-    try:
-        await store.ensure_bucket()
-    except BaseException:
-        store.close()
-        raise
-    return store
 
 
 @contextlib.asynccontextmanager

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.backend import AUDIO_TOKENS_PER_S
-from pipeline.errors import StartupError
-from pipeline.settings import Settings
+from pipeline.contracts.errors import StartupError
+from pipeline.contracts.settings import Settings
 
 TARGETS = ("gateway", "backend", "bus")
 DEFAULT_URL = "http://localhost:8888"  # the original proxy's port, now the gateway's
@@ -204,7 +204,7 @@ async def drive(requests: int, concurrent: int, call: Callable[[int], Awaitable[
 async def run_bench(settings: Settings, options: BenchOptions) -> BenchResult:
     """Check the target's health (StartupError when it is not healthy), run the load, collect the
     target's stats and, with `gpu_log`, the GPU monitor's summary over the run's window."""
-    from pipeline import bench_targets
+    from pipeline.bench import targets as bench_targets
 
     if options.target not in TARGETS:
         raise StartupError(f"unknown target {options.target!r}; choose one of {', '.join(TARGETS)}")
@@ -225,7 +225,7 @@ async def run_bench(settings: Settings, options: BenchOptions) -> BenchResult:
 
 
 def gpu_summary(path: str, start_s: float, end_s: float) -> dict:
-    from pipeline.bench_gpu import summarise_gpu_log
+    from pipeline.bench.gpu import summarise_gpu_log
 
     if not Path(path).is_file():
         return {"path": path, "missing": True}
@@ -269,7 +269,7 @@ def format_summary(summary: dict) -> str:
         if gpu.get("missing"):
             lines.append(f"GPU log {gpu['path']}: not found (start infra/vllm/monitor_gpu.sh to write it)")
         else:
-            from pipeline.bench_gpu import format_gpu_summary
+            from pipeline.bench.gpu import format_gpu_summary
 
             lines += format_gpu_summary(gpu)
     return "\n".join(lines)
