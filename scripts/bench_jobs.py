@@ -130,7 +130,8 @@ def direct_run(settings: Settings, chapters: int, words_per_chapter: int) -> flo
     """Wall seconds of a semaphore client (as many at once as the worker's in-flight) sending the
     job's chunk texts straight to the stand-in, in the job's order: what the machine allows
     without the pipeline."""
-    from pipeline.bench.run import BenchOptions, run_bench
+    from pipeline.bench.load import BenchOptions
+    from pipeline.bench.run import run_bench
     from pipeline.text.split import split_text
 
     texts = tuple(c.text for n in range(chapters)

@@ -16,8 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import cli
-from pipeline.bench.run import TEXTS, BenchOptions, Sample, percentile, read_texts, run_bench, steady_audio_s_per_s
+from pipeline.cli import main as cli
+from pipeline.bench.load import TEXTS, BenchOptions, Sample
+from pipeline.bench.run import percentile, read_texts, run_bench, steady_audio_s_per_s
 from pipeline.bench.gpu import summarise_gpu_log
 from pipeline.bench.lab import settings_env
 from pipeline.stack.ports import free_port

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import structlog
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.client import publish_synth
 from pipeline.cli.dlq import _replayable, original_payload, replay_msg_id
 from pipeline.contracts.messages import ChunkDone, DeadLetter, SynthRequest

@@ -33,7 +33,7 @@ import yaml
 from nats.js import api as js_api
 
 from pipeline import bus
-from pipeline.cli import build_parser
+from pipeline.cli.main import build_parser
 from pipeline.stack.ports import find_binary, free_ports, port_is_free
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import PRIORITIES, Names

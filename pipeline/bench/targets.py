@@ -16,7 +16,7 @@ import uuid
 import httpx
 
 from pipeline.audio.checks import decode_wav, repair_wav, to_mono_int16
-from pipeline.bench.run import DEFAULT_URL, TEMPERATURE, BenchOptions, Sample
+from pipeline.bench.load import DEFAULT_URL, TEMPERATURE, BenchOptions, Sample
 from pipeline.contracts.errors import StartupError
 from pipeline.contracts.messages import ChunkDone, ChunkFailed, Sampling, SynthRequest, WorkerHeartbeat
 from pipeline.contracts.settings import Settings

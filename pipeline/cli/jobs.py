@@ -54,7 +54,8 @@ def build_submits(chapters, job_id: str, voice: str | None, fmt: str) -> list[Ch
 
 
 async def submit(settings: Settings, file: str, voice: str | None, fmt: str, job_id: str | None, wait: bool) -> int:
-    from pipeline.text.books import BookError, read_book
+    from pipeline.text.books import read_book
+    from pipeline.text.chapters import BookError
 
     path = Path(file)
     try:

@@ -149,12 +149,13 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import run as bench
+    from pipeline.bench.load import TEXTS, BenchOptions
 
     settings = _settings()
     logs.configure("warning", settings.log_json)
-    options = bench.BenchOptions(
+    options = BenchOptions(
         requests=args.requests, concurrent=args.concurrent, target=args.target, url=args.url,
-        texts=bench.read_texts(args.texts) if args.texts else bench.TEXTS, priority=args.priority,
+        texts=bench.read_texts(args.texts) if args.texts else TEXTS, priority=args.priority,
         timeout_s=args.timeout_s, fresh=not args.allow_cache, gpu_log=args.gpu_log,
     )
     return bench.main(settings, options, args.json)

@@ -221,7 +221,8 @@ async def run_demo(settings: Settings, out_dir: str, text_file: str | None) -> i
 def _demo_chapters(text_file: str | None) -> list[tuple[str, str]]:
     if text_file is None:
         return DEMO_BOOK
-    from pipeline.text.books import BookError, read_book
+    from pipeline.text.books import read_book
+    from pipeline.text.chapters import BookError
 
     try:
         chapters = [(c.title, c.text) for c in read_book(Path(text_file))]
