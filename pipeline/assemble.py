@@ -9,7 +9,7 @@ The chapter's duration is exactly the sum of its chunks plus one pause between e
 
 A chunk's loudness comes from its plan entry (the assembler fills in what the synth worker
 measured); only a chunk without one is measured here, and only then is the loudness meter
-(scipy) imported: the joining itself needs numpy and soundfile alone (`pipeline.wavio`).
+(scipy) imported: the joining itself needs numpy and soundfile alone (`pipeline.audio.wavio`).
 """
 
 from __future__ import annotations

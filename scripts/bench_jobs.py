@@ -116,7 +116,7 @@ async def child() -> None:
     seconds = time.perf_counter() - t0
     peak_mb = peak_rss_mb()
     store.close()
-    heavy = sorted(m for m in ("scipy", "pyloudnorm", "pipeline.audio") if m in sys.modules)
+    heavy = sorted(m for m in ("scipy", "pyloudnorm", "pipeline.audio.checks") if m in sys.modules)
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb, "rss_before_mb": base_rss_mb,
                       "duration_s": built.duration_s, "bytes": built.bytes, "heavy_imports": heavy}))
 

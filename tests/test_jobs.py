@@ -222,8 +222,8 @@ async def test_assembly_levels_chunks_with_the_planned_loudness_and_measures_onl
 
 
 def test_the_joining_code_does_not_import_the_loudness_meter():
-    code = ("import sys, pipeline.assembler, pipeline.assemble; "
-            "print(sorted({'scipy', 'pyloudnorm', 'pipeline.audio'} & set(sys.modules)))")
+    code = ("import sys, pipeline.jobs.assembler, pipeline.assemble; "
+            "print(sorted({'scipy', 'pyloudnorm', 'pipeline.audio.checks'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -8,7 +8,7 @@ walk below is ours; decoding and encoding of well-formed audio goes through soun
 
 Canonical audio (what the store holds, whatever the engine's rate): 24 kHz mono 16-bit, resampled
 with scipy's polyphase resampler, leading/trailing silence trimmed to a small pad, loudness
-measured as integrated LUFS (ITU-R BS.1770-4, `pipeline.loudness`).
+measured as integrated LUFS (ITU-R BS.1770-4, `pipeline.audio.loudness`).
 """
 
 from __future__ import annotations

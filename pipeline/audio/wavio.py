@@ -1,6 +1,6 @@
 """Reading the WAV files the store holds, with nothing heavier than numpy and soundfile.
 
-The assembler imports only this (not `pipeline.audio`, which pulls in scipy for resampling and
+The assembler imports only this (not `pipeline.audio.checks`, which pulls in scipy for resampling and
 the loudness meter): a process that joins chapters stays small.
 """
 

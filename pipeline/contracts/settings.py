@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # (one started in the last `interactive_hold_s`): they find a call slot at once and a batch
     # that is not full. With no interactive traffic bulk uses every slot.
     # Treat `max_in_flight` as a ceiling and find the number of calls that keeps the model
-    # servers' batch full by measuring throughput and call time (pipeline/adaptive.py).
+    # servers' batch full by measuring throughput and call time (pipeline/synthesis/adaptive.py).
     adaptive_in_flight: bool = False
     adaptive_window_s: float = Field(default=5.0, gt=0)
     interactive_reserve: float = Field(default=0.25, ge=0.0, le=0.9)
@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     local_engine: Literal["piper", "sim"] = "piper"
     engine_threads: int = Field(default=0, ge=0)  # Piper synthesis pool; 0 = one per core
 
-    # --- jobs: chunking (pipeline/text.py); ~40 words = ~16 s of speech at 2.5 words/s ---
+    # --- jobs: chunking (pipeline/text/split.py); ~40 words = ~16 s of speech at 2.5 words/s ---
     chunk_max_words: int = Field(default=50, ge=1, le=1000)
     chunk_target_words: int = Field(default=40, ge=1, le=1000)
     # Binds only on very long words (URLs, no-space scripts): those are cut inside the word.
