@@ -16,8 +16,8 @@ from nats.js import JetStreamContext
 
 from pipeline import bus
 from pipeline.contracts.settings import Settings
-from pipeline.store import Store, open_store
 from pipeline.contracts.subjects import Names
+from pipeline.store import Store, open_store
 
 from http_gateway.errors import Unavailable
 from http_gateway.outcomes import OutcomeRouter

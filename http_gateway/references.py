@@ -14,8 +14,8 @@ import struct
 from pipeline.audio.checks import pcm16_to_wav, repair_wav
 from pipeline.contracts.errors import AudioInvalid
 from pipeline.contracts.messages import Reference
-from pipeline.store import Store, sha256_hex
 from pipeline.contracts.subjects import REFERENCE_KEY
+from pipeline.store import Store, sha256_hex
 
 from http_gateway.errors import BadInput, TooLarge
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import soundfile as sf
 
-from pipeline.jobs.state import ChapterPlan, PlannedChunk
-from pipeline.contracts.settings import Settings
-from pipeline.store import Store
-from pipeline.contracts.subjects import CHAPTER_KEY, SUBTITLES_KEY, TIMING_KEY
 from pipeline.audio.wavio import decode_wav
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import CHAPTER_KEY, SUBTITLES_KEY, TIMING_KEY
+from pipeline.jobs.state import ChapterPlan, PlannedChunk
+from pipeline.store import Store
 
 FORMATS = {  # format -> (soundfile format, subtype, content type)
     "wav": ("WAV", "PCM_16", "audio/wav"),

@@ -21,13 +21,13 @@ from nats.js import api as js_api
 from pydantic import ValidationError
 
 from pipeline import bus
-from pipeline.jobs import state as jobs
 from pipeline.client import publish_synth
 from pipeline.contracts.messages import ChapterFailed, ChapterSubmit, DeadLetter
 from pipeline.contracts.policy import DeliveryPolicy
 from pipeline.contracts.settings import Settings
-from pipeline.store import Store, audio_key
 from pipeline.contracts.subjects import INVALID_JOB, PRIORITY_BULK, TOKEN_RE, Names
+from pipeline.jobs import state as jobs
+from pipeline.store import Store, audio_key
 from pipeline.text.split import split_text
 
 log = structlog.get_logger("pipeline.ingest")

@@ -27,22 +27,22 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from pipeline import bus
-from pipeline.synthesis.adaptive import AdaptiveLimit
 from pipeline.audio.checks import AudioBounds
 from pipeline.backend import HiggsClient
 from pipeline.contracts.messages import BackendStatus, WorkerHeartbeat
 from pipeline.contracts.policy import DeliveryPolicy
-from pipeline.synthesis.metrics import WorkerMetrics
 from pipeline.contracts.settings import Settings
-from pipeline.store import Store
 from pipeline.contracts.subjects import PRIORITIES, Names
-from pipeline.synthesis.voices import VoiceBook
-
+from pipeline.store import Store
+from pipeline.synthesis.adaptive import AdaptiveLimit
 from pipeline.synthesis.finishing import AudioFinishing, _load_gate
 from pipeline.synthesis.handling import MessageHandling, _KeyLocks
+from pipeline.synthesis.metrics import WorkerMetrics
 from pipeline.synthesis.scheduling import Scheduling, _HeldMessage
+from pipeline.synthesis.voices import VoiceBook
 
 log = structlog.get_logger("pipeline.synth")
+
 
 def default_worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"

@@ -35,8 +35,8 @@ from pathlib import Path
 
 # Only what an assembler process needs is imported at the top: the child process that measures
 # the assembly's memory must not carry the benchmark's own imports.
-from pipeline.jobs import state as jobs
 from pipeline.contracts.settings import Settings
+from pipeline.jobs import state as jobs
 from pipeline.store import Store
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()

@@ -32,16 +32,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.cli import logs
 from pipeline.audio.checks import decode_wav, repair_wav, to_mono_int16  # noqa: E402
+from pipeline.cli import logs
 from pipeline.client import EventWaiter, publish_synth  # noqa: E402
-from pipeline.stack.devstack import DevStack  # noqa: E402
-from pipeline.stack.ports import free_port  # noqa: E402
-from pipeline.stack.embedded import EngineProcess  # noqa: E402
 from pipeline.contracts.messages import ChunkDone, SynthRequest  # noqa: E402
-from pipeline.stack.runtime import synth_worker  # noqa: E402
 from pipeline.contracts.settings import Settings  # noqa: E402
 from pipeline.contracts.subjects import Names  # noqa: E402
+from pipeline.stack.devstack import DevStack  # noqa: E402
+from pipeline.stack.embedded import EngineProcess  # noqa: E402
+from pipeline.stack.ports import free_port  # noqa: E402
+from pipeline.stack.runtime import synth_worker  # noqa: E402
 from tests.test_local_pipeline import PARAGRAPHS  # noqa: E402
 
 BUCKET = "bench-local"

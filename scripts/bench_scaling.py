@@ -45,15 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_synth import raw_put_rate, sample_object  # noqa: E402 (scripts/ is on the path)
 
 from pipeline import bus
-from pipeline.cli import logs
+from pipeline.bench.lab import SLOTS, Engine, EngineWatch, Lab, cpu_s, load_avg, wait_ready  # noqa: E402
 from pipeline.bench.load import TEXTS, BenchOptions  # noqa: E402
 from pipeline.bench.run import run_bench, steady_audio_s_per_s  # noqa: E402
-from pipeline.bench.lab import SLOTS, Engine, EngineWatch, Lab, cpu_s, load_avg, wait_ready  # noqa: E402
-from pipeline.stack.devstack import DevStack  # noqa: E402
-from pipeline.stack.ports import free_port  # noqa: E402
+from pipeline.cli import logs
 from pipeline.contracts.messages import ChapterSubmit  # noqa: E402
 from pipeline.contracts.settings import Settings  # noqa: E402
 from pipeline.contracts.subjects import Names  # noqa: E402
+from pipeline.stack.devstack import DevStack  # noqa: E402
+from pipeline.stack.ports import free_port  # noqa: E402
 
 BUCKET = "bench-scaling"
 # 10-12 words each: 4.0-4.8 s of audio at the stand-in's 2.5 words/s (100-120 audio tokens), mean 4.5 s.

@@ -29,13 +29,13 @@ from botocore.config import Config
 
 from pipeline import bus
 from pipeline.client import EventWaiter, publish_synth
-from pipeline.stack.devstack import DevStack
-from pipeline.stack.ports import free_port
-from pipeline.stack.embedded import EngineProcess
 from pipeline.contracts.messages import ChunkDone, SynthRequest
 from pipeline.contracts.settings import Settings
-from pipeline.store import Store
 from pipeline.contracts.subjects import Names
+from pipeline.stack.devstack import DevStack
+from pipeline.stack.embedded import EngineProcess
+from pipeline.stack.ports import free_port
+from pipeline.store import Store
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
 S3_THREADS = 16

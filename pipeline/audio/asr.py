@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.audio.checks import resample
-from pipeline.contracts.errors import Permanent
 from pipeline.audio.wer import word_error_rate
+from pipeline.contracts.errors import Permanent
 
 WHISPER_RATE_HZ = 16000
 

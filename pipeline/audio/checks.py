@@ -22,9 +22,9 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from pipeline.contracts.errors import AudioInvalid
 from pipeline.audio.loudness import integrated_lufs
 from pipeline.audio.wavio import decode_wav  # noqa: F401 (re-exported: callers import it from here)
+from pipeline.contracts.errors import AudioInvalid
 
 PCM16_MAX = 32767
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import httpx
 
 from pipeline import bus
-from pipeline.stack.devstack import DevStack
-from pipeline.stack.ports import free_port
 from pipeline.contracts.messages import WorkerHeartbeat
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import Names
+from pipeline.stack.devstack import DevStack
+from pipeline.stack.ports import free_port
 
 SLOTS = 32
 ENGINE_READY_TIMEOUT_S = 30.0

@@ -13,12 +13,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from pipeline import bus
-from pipeline.jobs import state as jobs
-from pipeline.jobs import api as jobs_api
 from pipeline.contracts.errors import StartupError
 from pipeline.contracts.messages import ChapterSubmit
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import MANIFEST_KEY, Names
+from pipeline.jobs import api as jobs_api
+from pipeline.jobs import state as jobs
 
 POLL_S = 0.5
 

@@ -47,12 +47,12 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.audio.checks import encode_wav, resample
+from pipeline.contracts.messages import HIGGS_PRESET_VOICES
 from pipeline.engines.serving import (
     AUDIO_TOKENS_PER_S, BackgroundServer, ChatRequest, RequestError, SpeechRequest,
     check_chat_audio, check_model, estimate_prompt_tokens, models_body, parse, reference_audio,
     response_for, speech_prompt_tokens, target_text, token_limit,
 )
-from pipeline.contracts.messages import HIGGS_PRESET_VOICES
 
 PROTOCOL_RATE_HZ = 24000
 NOTE_HEADER = "X-Engine-Note"

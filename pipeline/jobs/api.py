@@ -25,9 +25,9 @@ from annotated_types import MaxLen
 from pydantic import ValidationError
 
 from pipeline import bus
-from pipeline.jobs import state as jobs
 from pipeline.contracts.messages import AudioFormat, ChapterSubmit, Reference, Sampling
 from pipeline.contracts.subjects import Names, chapter_msg_id
+from pipeline.jobs import state as jobs
 
 
 def _max_length(field: str) -> int:

@@ -24,13 +24,13 @@ from nats.js import api as js_api
 from pydantic import ValidationError
 
 from pipeline import bus
-from pipeline.jobs import state as jobs
 from pipeline.assemble import assemble_chapter, slug
 from pipeline.contracts.messages import ChapterDone, ChapterFailed, ChunkDone, ChunkFailed, JobDone, JobProgress
 from pipeline.contracts.policy import backoff_s
 from pipeline.contracts.settings import Settings
-from pipeline.store import Store
 from pipeline.contracts.subjects import MANIFEST_KEY, SUBTITLES_KEY, TIMING_KEY, Names
+from pipeline.jobs import state as jobs
+from pipeline.store import Store
 
 log = structlog.get_logger("pipeline.assembler")
 

@@ -23,13 +23,13 @@ import httpx
 import structlog
 
 from pipeline import bus
-from pipeline.stack.devstack import DevStack
-from pipeline.stack.ports import DevStackError, free_port
 from pipeline.contracts.errors import StartupError
 from pipeline.contracts.messages import ChapterDone, ChapterFailed, ChapterSubmit
-from pipeline.stack.runtime import install_stop_signals, synth_worker
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import MANIFEST_KEY, Names
+from pipeline.stack.devstack import DevStack
+from pipeline.stack.ports import DevStackError, free_port
+from pipeline.stack.runtime import install_stop_signals, synth_worker
 
 log = structlog.get_logger("pipeline.embedded")
 

@@ -9,10 +9,10 @@ import signal
 import structlog
 
 from pipeline import bus
-from pipeline.synthesis.deadletters import DeadLetterWatcher
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import Names
 from pipeline.store import open_store
+from pipeline.synthesis.deadletters import DeadLetterWatcher
 
 log = structlog.get_logger("pipeline.runtime")
 

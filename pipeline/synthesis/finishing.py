@@ -27,6 +27,7 @@ from pipeline.contracts.settings import Settings
 
 log = structlog.get_logger("pipeline.synth")
 
+
 def retake(request: SynthRequest, take: int) -> SynthRequest:
     """The request for take number `take` (1 = as asked): same text and voice, a seed derived
     from the asked seed (or 0), the text and the take number."""

@@ -21,9 +21,8 @@ from pipeline import bus
 from pipeline.audio.checks import encode_wav, loudness_lufs
 from pipeline.contracts.errors import Permanent, Retryable, StoreRetryable
 from pipeline.contracts.messages import ChunkDone, ChunkFailed, ChunkTimings, DeadLetter, SynthRequest
-from pipeline.store import audio_key
 from pipeline.contracts.subjects import INVALID_JOB, TOKEN_RE, event_msg_id
-
+from pipeline.store import audio_key
 from pipeline.synthesis.scheduling import _CallSlot
 
 log = structlog.get_logger("pipeline.synth")

@@ -30,7 +30,7 @@ class _CallSlot:
     """A message's claim on one of `max_in_flight` model-call slots, given back (once) as soon as
     the model has answered, so storing and reporting overlap the next call."""
 
-    def __init__(self, worker: "SynthWorker", priority: str):
+    def __init__(self, worker: Scheduling, priority: str):
         self._worker = worker
         self._priority = priority
         self._held = True

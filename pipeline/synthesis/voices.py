@@ -33,8 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipeline.audio.checks import encode_wav, resample
 from pipeline.contracts.errors import Permanent
 from pipeline.contracts.messages import Reference, SynthRequest
-from pipeline.store import Store, open_store, sha256_hex
 from pipeline.contracts.subjects import VOICE_AUDIO_KEY, VOICE_META_KEY, check_token
+from pipeline.store import Store, open_store, sha256_hex
 
 log = structlog.get_logger("pipeline.voices")
 

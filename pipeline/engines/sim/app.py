@@ -16,11 +16,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
-from pipeline.engines.sim import audio as simaudio
 from pipeline.engines.serving import (
     CLIENT_GONE_STATUS, ChatRequest, RequestError, SpeechRequest, check_chat_audio, check_model, describe, error_response, estimate_prompt_tokens, models_body, parse, reference_audio, response_for, speech_prompt_tokens, target_text, text_of, token_limit,
 )
-
+from pipeline.engines.sim import audio as simaudio
 from pipeline.engines.sim.config import SimConfig
 from pipeline.engines.sim.faults import _generate, _token_limit
 from pipeline.engines.sim.state import _SimState

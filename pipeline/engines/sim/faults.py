@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.engines.sim import audio as simaudio
 from pipeline.engines.serving import RequestError, token_limit
-
+from pipeline.engines.sim import audio as simaudio
 from pipeline.engines.sim.state import _SimState
 
 

@@ -12,7 +12,6 @@ import uvicorn
 from fastapi import FastAPI
 
 from pipeline.engines.serving import BackgroundServer
-
 from pipeline.engines.sim.app import create_app
 from pipeline.engines.sim.config import SimConfig
 from pipeline.engines.sim.state import _SimState
