@@ -15,7 +15,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from pipeline.settings import Settings
+from pipeline.contracts.settings import Settings
 
 from http_gateway import jobs, ops, routes
 from http_gateway.errors import GatewayError

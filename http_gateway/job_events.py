@@ -23,8 +23,8 @@ import structlog
 from pydantic import ValidationError
 from starlette.responses import StreamingResponse
 
-from pipeline.messages import ChapterDone, ChapterFailed, JobDone, JobProgress
-from pipeline.subjects import Names
+from pipeline.contracts.messages import ChapterDone, ChapterFailed, JobDone, JobProgress
+from pipeline.contracts.subjects import Names
 
 from http_gateway.metrics import GatewayMetrics
 

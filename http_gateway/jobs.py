@@ -14,10 +14,10 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from pipeline import jobs_api
-from pipeline.errors import StorePermanent, StoreRetryable
-from pipeline.messages import ChapterSubmit
-from pipeline.subjects import TOKEN_RE
+from pipeline.contracts.errors import StorePermanent, StoreRetryable
+from pipeline.contracts.messages import ChapterSubmit
+from pipeline.contracts.subjects import TOKEN_RE
+from pipeline.jobs import api as jobs_api
 
 from http_gateway.errors import BadInput, Conflict, NotFound, TooLarge, Unavailable
 from http_gateway.formats import MEDIA_TYPES, mp3_supported

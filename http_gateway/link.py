@@ -15,10 +15,9 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from pipeline import bus
-from pipeline.runtime import open_store
-from pipeline.settings import Settings
-from pipeline.store import Store
-from pipeline.subjects import Names
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import Names
+from pipeline.store import Store, open_store
 
 from http_gateway.errors import Unavailable
 from http_gateway.outcomes import OutcomeRouter

@@ -21,9 +21,9 @@ import structlog
 from pydantic import ValidationError
 
 from pipeline.bus import WORKER_TTL_S
-from pipeline.messages import WorkerHeartbeat
-from pipeline.settings import Settings
-from pipeline.subjects import PRIORITIES, TOKEN_RE, VOICE_META_KEY, Names
+from pipeline.contracts.messages import WorkerHeartbeat
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import PRIORITIES, TOKEN_RE, VOICE_META_KEY, Names
 
 from http_gateway.link import Link
 

@@ -23,8 +23,8 @@ import structlog
 from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
-from pipeline.messages import AudioReply, ChunkDone, ChunkFailed
-from pipeline.subjects import Names
+from pipeline.contracts.messages import AudioReply, ChunkDone, ChunkFailed
+from pipeline.contracts.subjects import Names
 
 from http_gateway.errors import Unavailable
 

@@ -11,11 +11,11 @@ import base64
 import binascii
 import struct
 
-from pipeline.audio import pcm16_to_wav, repair_wav
-from pipeline.errors import AudioInvalid
-from pipeline.messages import Reference
+from pipeline.audio.checks import pcm16_to_wav, repair_wav
+from pipeline.contracts.errors import AudioInvalid
+from pipeline.contracts.messages import Reference
+from pipeline.contracts.subjects import REFERENCE_KEY
 from pipeline.store import Store, sha256_hex
-from pipeline.subjects import REFERENCE_KEY
 
 from http_gateway.errors import BadInput, TooLarge
 

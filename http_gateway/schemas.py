@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from pipeline.messages import Sampling
-from pipeline.subjects import TOKEN_RE
+from pipeline.contracts.messages import Sampling
+from pipeline.contracts.subjects import TOKEN_RE
 
 # The OpenAI speech voices. They are not presets of ours: the speech route maps them to the
 # default voice so that `openai` SDK code written for OpenAI works unchanged.

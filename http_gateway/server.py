@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
-from pipeline.settings import Settings
+from pipeline.contracts.settings import Settings
 
 from http_gateway.app import create_app
 

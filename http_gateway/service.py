@@ -17,10 +17,10 @@ import structlog
 from pydantic import ValidationError
 
 from pipeline.client import publish_synth
-from pipeline.errors import StorePermanent, StoreRetryable
-from pipeline.messages import ChunkDone, ChunkFailed, Sampling, SynthRequest
-from pipeline.settings import Settings
-from pipeline.subjects import PRIORITY_INTERACTIVE, Names
+from pipeline.contracts.errors import StorePermanent, StoreRetryable
+from pipeline.contracts.messages import ChunkDone, ChunkFailed, Sampling, SynthRequest
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import PRIORITY_INTERACTIVE, Names
 
 from http_gateway.errors import BadInput, GenerationFailed, NoAnswer, NotFound, TooLarge, Unavailable
 from http_gateway.link import Link

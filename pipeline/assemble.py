@@ -9,7 +9,7 @@ The chapter's duration is exactly the sum of its chunks plus one pause between e
 
 A chunk's loudness comes from its plan entry (the assembler fills in what the synth worker
 measured); only a chunk without one is measured here, and only then is the loudness meter
-(scipy) imported: the joining itself needs numpy and soundfile alone (`pipeline.wavio`).
+(scipy) imported: the joining itself needs numpy and soundfile alone (`pipeline.audio.wavio`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import soundfile as sf
 
-from pipeline.jobs import ChapterPlan, PlannedChunk
-from pipeline.settings import Settings
+from pipeline.audio.wavio import decode_wav
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import CHAPTER_KEY, SUBTITLES_KEY, TIMING_KEY
+from pipeline.jobs.state import ChapterPlan, PlannedChunk
 from pipeline.store import Store
-from pipeline.subjects import CHAPTER_KEY, SUBTITLES_KEY, TIMING_KEY
-from pipeline.wavio import decode_wav
 
 FORMATS = {  # format -> (soundfile format, subtype, content type)
     "wav": ("WAV", "PCM_16", "audio/wav"),
@@ -76,7 +76,7 @@ def measure_lufs(samples: np.ndarray, sample_rate_hz: int) -> float | None:
     Imported here, not at the top: the loudness meter's imports (scipy) are most of an assembler's
     memory, and chunks stored by the synth worker come with their loudness measured.
     """
-    from pipeline.audio import loudness_lufs
+    from pipeline.audio.checks import loudness_lufs
 
     return loudness_lufs(samples, sample_rate_hz)
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import httpx
 import structlog
 
-from pipeline.audio import RepairedWav, pcm16_to_wav, repair_wav
-from pipeline.errors import AudioInvalid, BackendPermanent, BackendRetryable
-from pipeline.messages import DEFAULT_REFERENCE_TEXT, SynthRequest
-from pipeline.settings import Settings
+from pipeline.audio.checks import RepairedWav, pcm16_to_wav, repair_wav
+from pipeline.contracts.errors import AudioInvalid, BackendPermanent, BackendRetryable
+from pipeline.contracts.messages import DEFAULT_REFERENCE_TEXT, SynthRequest
+from pipeline.contracts.settings import Settings
 
 log = structlog.get_logger("pipeline.backend")
 

@@ -25,9 +25,9 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
-from pipeline.errors import StartupError
-from pipeline.settings import Settings
-from pipeline.subjects import PRIORITIES, Names
+from pipeline.contracts.errors import StartupError
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import PRIORITIES, Names
 
 log = structlog.get_logger("pipeline.bus")
 

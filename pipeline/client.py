@@ -14,10 +14,10 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from pipeline import bus
-from pipeline.errors import StartupError
-from pipeline.messages import ChunkDone, ChunkFailed, SynthRequest
-from pipeline.settings import Settings
-from pipeline.subjects import Names, synth_msg_id
+from pipeline.contracts.errors import StartupError
+from pipeline.contracts.messages import ChunkDone, ChunkFailed, SynthRequest
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import Names, synth_msg_id
 
 Outcome = ChunkDone | ChunkFailed
 
@@ -100,7 +100,7 @@ class EventWaiter:
 
 async def say(settings: Settings, text: str, out: str, voice: str | None, priority: str, timeout_s: float) -> int:
     """Speak one text through a running pipeline; write the WAV to `out`."""
-    from pipeline.runtime import open_store
+    from pipeline.store import open_store
 
     names = Names(settings.namespace)
     try:

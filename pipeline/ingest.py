@@ -20,14 +20,15 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.js import api as js_api
 from pydantic import ValidationError
 
-from pipeline import bus, jobs
+from pipeline import bus
 from pipeline.client import publish_synth
-from pipeline.messages import ChapterFailed, ChapterSubmit, DeadLetter
-from pipeline.policy import DeliveryPolicy
-from pipeline.settings import Settings
+from pipeline.contracts.messages import ChapterFailed, ChapterSubmit, DeadLetter
+from pipeline.contracts.policy import DeliveryPolicy
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import INVALID_JOB, PRIORITY_BULK, TOKEN_RE, Names
+from pipeline.jobs import state as jobs
 from pipeline.store import Store, audio_key
-from pipeline.subjects import INVALID_JOB, PRIORITY_BULK, TOKEN_RE, Names
-from pipeline.text import split_text
+from pipeline.text.split import split_text
 
 log = structlog.get_logger("pipeline.ingest")
 

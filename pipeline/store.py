@@ -20,9 +20,9 @@ import structlog
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
 
-from pipeline.errors import StartupError, StorePermanent, StoreRetryable
-from pipeline.settings import Settings
-from pipeline.subjects import AUDIO_KEY
+from pipeline.contracts.errors import StartupError, StorePermanent, StoreRetryable
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import AUDIO_KEY
 
 log = structlog.get_logger("pipeline.store")
 
@@ -184,3 +184,14 @@ class Store:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._lookups.shutdown(wait=False, cancel_futures=True)
+
+
+async def open_store(settings: Settings) -> Store:
+    """A store whose bucket exists; `StartupError` when S3 is unreachable or refuses us."""
+    store = Store(settings)
+    try:
+        await store.ensure_bucket()
+    except BaseException:
+        store.close()
+        raise
+    return store

@@ -38,12 +38,13 @@ import httpx
 import nats
 
 from pipeline.backend import HiggsClient
-from pipeline.bench_lab import cpu_s
-from pipeline.devstack import DevStack, free_port
-from pipeline.embedded import EngineProcess
-from pipeline.messages import SynthRequest
-from pipeline.settings import Settings
-from pipeline.subjects import Names
+from pipeline.bench.lab import cpu_s
+from pipeline.contracts.messages import SynthRequest
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import Names
+from pipeline.stack.devstack import DevStack
+from pipeline.stack.embedded import EngineProcess
+from pipeline.stack.ports import free_port
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
 BUCKET = "tts-bench"

@@ -35,8 +35,8 @@ from pathlib import Path
 
 # Only what an assembler process needs is imported at the top: the child process that measures
 # the assembly's memory must not carry the benchmark's own imports.
-from pipeline import jobs
-from pipeline.settings import Settings
+from pipeline.contracts.settings import Settings
+from pipeline.jobs import state as jobs
 from pipeline.store import Store
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
@@ -55,10 +55,10 @@ async def prepare_chapter(settings: Settings, chunks: int, chunk_s: float) -> st
     Each chunk's loudness is measured here and put in the plan, as the assembler does from the
     synth worker's chunk events; the child strips it with BENCH_KNOWN_LOUDNESS=0.
     """
-    from pipeline.audio import loudness_lufs
-    from pipeline.engines.simaudio import synthesize, wav_bytes
-    from pipeline.messages import Sampling
-    from pipeline.wavio import decode_wav
+    from pipeline.audio.checks import loudness_lufs
+    from pipeline.engines.sim.audio import synthesize, wav_bytes
+    from pipeline.contracts.messages import Sampling
+    from pipeline.audio.wavio import decode_wav
 
     store = Store(settings)
     words = int(chunk_s * 2.5)
@@ -116,7 +116,7 @@ async def child() -> None:
     seconds = time.perf_counter() - t0
     peak_mb = peak_rss_mb()
     store.close()
-    heavy = sorted(m for m in ("scipy", "pyloudnorm", "pipeline.audio") if m in sys.modules)
+    heavy = sorted(m for m in ("scipy", "pyloudnorm", "pipeline.audio.checks") if m in sys.modules)
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb, "rss_before_mb": base_rss_mb,
                       "duration_s": built.duration_s, "bytes": built.bytes, "heavy_imports": heavy}))
 
@@ -130,8 +130,9 @@ def direct_run(settings: Settings, chapters: int, words_per_chapter: int) -> flo
     """Wall seconds of a semaphore client (as many at once as the worker's in-flight) sending the
     job's chunk texts straight to the stand-in, in the job's order: what the machine allows
     without the pipeline."""
-    from pipeline.bench import BenchOptions, run_bench
-    from pipeline.text import split_text
+    from pipeline.bench.load import BenchOptions
+    from pipeline.bench.run import run_bench
+    from pipeline.text.split import split_text
 
     texts = tuple(c.text for n in range(chapters)
                   for c in split_text(chapter_text(n, words_per_chapter), max_words=settings.chunk_max_words,
@@ -171,8 +172,8 @@ async def run_job(settings: Settings, chapters: int, words_per_chapter: int, eng
     import httpx
 
     from pipeline import bus
-    from pipeline.messages import ChapterSubmit
-    from pipeline.subjects import Names
+    from pipeline.contracts.messages import ChapterSubmit
+    from pipeline.contracts.subjects import Names
 
     names = Names(settings.namespace)
     env = dict(os.environ)
@@ -276,9 +277,10 @@ def main() -> None:
         return
     import httpx
 
-    from pipeline import logs
-    from pipeline.devstack import DevStack, free_port
-    from pipeline.embedded import EngineProcess
+    from pipeline.cli import logs
+    from pipeline.stack.devstack import DevStack
+    from pipeline.stack.ports import free_port
+    from pipeline.stack.embedded import EngineProcess
 
     logs.configure("warning")
     print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)

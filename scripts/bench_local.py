@@ -32,15 +32,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import logs  # noqa: E402
-from pipeline.audio import decode_wav, repair_wav, to_mono_int16  # noqa: E402
+from pipeline.audio.checks import decode_wav, repair_wav, to_mono_int16  # noqa: E402
+from pipeline.cli import logs
 from pipeline.client import EventWaiter, publish_synth  # noqa: E402
-from pipeline.devstack import DevStack, free_port  # noqa: E402
-from pipeline.embedded import EngineProcess  # noqa: E402
-from pipeline.messages import ChunkDone, SynthRequest  # noqa: E402
-from pipeline.runtime import synth_worker  # noqa: E402
-from pipeline.settings import Settings  # noqa: E402
-from pipeline.subjects import Names  # noqa: E402
+from pipeline.contracts.messages import ChunkDone, SynthRequest  # noqa: E402
+from pipeline.contracts.settings import Settings  # noqa: E402
+from pipeline.contracts.subjects import Names  # noqa: E402
+from pipeline.stack.devstack import DevStack  # noqa: E402
+from pipeline.stack.embedded import EngineProcess  # noqa: E402
+from pipeline.stack.ports import free_port  # noqa: E402
+from pipeline.stack.runtime import synth_worker  # noqa: E402
 from tests.test_local_pipeline import PARAGRAPHS  # noqa: E402
 
 BUCKET = "bench-local"
@@ -99,8 +100,8 @@ async def pipeline(settings: Settings, texts: list[str], concurrency: int) -> tu
 
 async def asr_cost(settings: Settings, events: list[ChunkDone]) -> tuple[float, float]:
     """(compute s per audio s, audio s) of transcribing stored chunks one at a time."""
-    from pipeline.asr import Transcriber
-    from pipeline.runtime import open_store
+    from pipeline.audio.asr import Transcriber
+    from pipeline.store import open_store
 
     transcriber = Transcriber().load()
     store = await open_store(settings.model_copy(update={"s3_prefix": ""}))

@@ -3,7 +3,7 @@
 Everything runs on a throw-away embedded stack (nats-server + SeaweedFS); stand-ins (`tts-pipeline
 engine --kind sim` with a capacity model), synth workers, the gateway, ingest and assembler are
 child processes configured through `TTS_*`, exactly as started by hand. Loads are sent with
-`tts-pipeline bench`'s own code (`pipeline.bench.run_bench`).
+`tts-pipeline bench`'s own code (`pipeline.bench.run.run_bench`).
 
   a) saturation: one worker against a stand-in with 32 slots and a tokens/s capacity model; a bulk
      job of texts of 4.0-4.8 s of audio through the bus; delivered audio seconds per second
@@ -44,13 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_synth import raw_put_rate, sample_object  # noqa: E402 (scripts/ is on the path)
 
-from pipeline import bus, logs  # noqa: E402
-from pipeline.bench import TEXTS, BenchOptions, run_bench, steady_audio_s_per_s  # noqa: E402
-from pipeline.bench_lab import SLOTS, Engine, EngineWatch, Lab, cpu_s, load_avg, wait_ready  # noqa: E402
-from pipeline.devstack import DevStack, free_port  # noqa: E402
-from pipeline.messages import ChapterSubmit  # noqa: E402
-from pipeline.settings import Settings  # noqa: E402
-from pipeline.subjects import Names  # noqa: E402
+from pipeline import bus
+from pipeline.bench.lab import SLOTS, Engine, EngineWatch, Lab, cpu_s, load_avg, wait_ready  # noqa: E402
+from pipeline.bench.load import TEXTS, BenchOptions  # noqa: E402
+from pipeline.bench.run import run_bench, steady_audio_s_per_s  # noqa: E402
+from pipeline.cli import logs
+from pipeline.contracts.messages import ChapterSubmit  # noqa: E402
+from pipeline.contracts.settings import Settings  # noqa: E402
+from pipeline.contracts.subjects import Names  # noqa: E402
+from pipeline.stack.devstack import DevStack  # noqa: E402
+from pipeline.stack.ports import free_port  # noqa: E402
 
 BUCKET = "bench-scaling"
 # 10-12 words each: 4.0-4.8 s of audio at the stand-in's 2.5 words/s (100-120 audio tokens), mean 4.5 s.

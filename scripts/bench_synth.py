@@ -29,12 +29,13 @@ from botocore.config import Config
 
 from pipeline import bus
 from pipeline.client import EventWaiter, publish_synth
-from pipeline.devstack import DevStack, free_port
-from pipeline.embedded import EngineProcess
-from pipeline.messages import ChunkDone, SynthRequest
-from pipeline.settings import Settings
+from pipeline.contracts.messages import ChunkDone, SynthRequest
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import Names
+from pipeline.stack.devstack import DevStack
+from pipeline.stack.embedded import EngineProcess
+from pipeline.stack.ports import free_port
 from pipeline.store import Store
-from pipeline.subjects import Names
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
 S3_THREADS = 16

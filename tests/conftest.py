@@ -15,13 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline import bus, logs
+from pipeline import bus
+from pipeline.cli import logs
 from pipeline.client import EventWaiter
-from pipeline.devstack import DevStack
-from pipeline.engines.sim import SimConfig, SimServer
-from pipeline.runtime import open_store
-from pipeline.settings import Settings
-from pipeline.subjects import Names
+from pipeline.stack.devstack import DevStack
+from pipeline.engines.sim.config import SimConfig
+from pipeline.engines.sim.server import SimServer
+from pipeline.store import open_store
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import Names
 from pipeline.synth import SynthWorker
 from pipeline.backend import HiggsClient
 
@@ -115,7 +117,7 @@ class Harness:
         return broker
 
     async def start_assembler(self, **overrides):
-        from pipeline import assembler
+        from pipeline.jobs import assembler
 
         settings = self.settings.model_copy(update=overrides)
         box = [assembler.Assembler(settings, self.js, self.store, self.names)]

@@ -24,13 +24,16 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
-from pipeline import bus, logs
-from pipeline.devstack import NatsServer, S3Server, find_binary, free_ports
-from pipeline.messages import ChunkDone, ChunkFailed, DeadLetter, SynthRequest, WorkerHeartbeat
-from pipeline.runtime import open_store
-from pipeline.settings import Settings
+from pipeline import bus
+from pipeline.cli import logs
+from pipeline.stack.ports import find_binary, free_ports
+from pipeline.stack.seaweed import S3Server
+from pipeline.stack.servers import NatsServer
+from pipeline.contracts.messages import ChunkDone, ChunkFailed, DeadLetter, SynthRequest, WorkerHeartbeat
+from pipeline.store import open_store
+from pipeline.contracts.settings import Settings
 from pipeline.store import audio_key
-from pipeline.subjects import Names, synth_msg_id
+from pipeline.contracts.subjects import Names, synth_msg_id
 from tests.conftest import BUCKET
 
 CLI = [sys.executable, "-m", "pipeline.cli"]

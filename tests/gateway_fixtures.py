@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from http_gateway import create_app
-from pipeline.settings import Settings
+from pipeline.contracts.settings import Settings
 from tests.waiting import DEADLINE_S, until
 
 START_TIMEOUT_S = 60.0

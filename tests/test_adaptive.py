@@ -7,9 +7,9 @@ import statistics
 
 import pytest
 
-from pipeline.adaptive import AdaptiveLimit
+from pipeline.synthesis.adaptive import AdaptiveLimit
 from pipeline.client import publish_synth
-from pipeline.messages import SynthRequest
+from pipeline.contracts.messages import SynthRequest
 from tests.waiting import until
 
 

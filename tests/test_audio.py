@@ -7,8 +7,8 @@ import wave
 import numpy as np
 import pytest
 
-from pipeline.audio import AudioBounds, check_audio, decode_wav, encode_wav, pcm16_to_wav, repair_wav
-from pipeline.errors import AudioInvalid
+from pipeline.audio.checks import AudioBounds, check_audio, decode_wav, encode_wav, pcm16_to_wav, repair_wav
+from pipeline.contracts.errors import AudioInvalid
 
 RATE = 24000
 

@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.audio import (
+from pipeline.audio.checks import (
     AudioBounds, check_answer, count_wrapped, loudness_lufs, resample, speech_span,
 )
-from pipeline.engines import simaudio
-from pipeline.errors import AudioInvalid
+from pipeline.engines.sim import audio as simaudio
+from pipeline.contracts.errors import AudioInvalid
 
 RATE = 24000
 BOUNDS = AudioBounds(sample_rate_hz=RATE, trim_pad_s=0.1, max_edge_silence_s=2.0)

@@ -16,12 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import cli
-from pipeline.bench import TEXTS, BenchOptions, Sample, percentile, read_texts, run_bench, steady_audio_s_per_s
-from pipeline.bench_gpu import summarise_gpu_log
-from pipeline.bench_lab import settings_env
-from pipeline.devstack import free_port
-from pipeline.errors import StartupError
+from pipeline.cli import main as cli
+from pipeline.bench.load import TEXTS, BenchOptions, Sample
+from pipeline.bench.run import percentile, read_texts, run_bench, steady_audio_s_per_s
+from pipeline.bench.gpu import summarise_gpu_log
+from pipeline.bench.lab import settings_env
+from pipeline.stack.ports import free_port
+from pipeline.contracts.errors import StartupError
 from tests.conftest import sim_stats
 from tests.gateway_fixtures import gateway, wait_for_health  # noqa: F401 (fixture)
 from tests.waiting import until

@@ -9,10 +9,12 @@ from ebooklib import epub
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.books import (
-    BookError, Chapter, MissingExtra, read_book, read_epub, read_markdown, read_txt)
-from pipeline.errors import Permanent
-from pipeline.text import split_text
+from pipeline.text.books import read_book, read_txt
+from pipeline.text.chapters import BookError, Chapter, MissingExtra
+from pipeline.text.epub import read_epub
+from pipeline.text.markdown import read_markdown
+from pipeline.contracts.errors import Permanent
+from pipeline.text.split import split_text
 from tests.conftest import growth_ratio
 
 

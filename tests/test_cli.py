@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from pipeline.client import publish_synth
-from pipeline.devstack import free_port
-from pipeline.messages import ChunkDone
+from pipeline.stack.ports import free_port
+from pipeline.contracts.messages import ChunkDone
 from tests.conftest import sim_stats
 from tests.test_synth_pipeline import requests_for
 

@@ -6,8 +6,8 @@ import asyncio
 
 from pipeline import bus
 from pipeline.client import publish_synth
-from pipeline.deadletter import DeadLetterWatcher
-from pipeline.messages import ChunkFailed, DeadLetter, SynthRequest
+from pipeline.contracts.messages import ChunkFailed, DeadLetter, SynthRequest
+from pipeline.synthesis.deadletters import DeadLetterWatcher
 from tests.waiting import queue_empty, until
 
 

@@ -16,20 +16,12 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from pipeline.devstack import (
-    INSTALL_HINT,
-    LOOPBACK,
-    WEED_GRPC_OFFSET,
-    WEED_MAX_PORT,
-    DevStack,
-    DevStackError,
-    NatsServer,
-    S3Server,
-    find_binary,
-    free_ports,
-    listening_addresses,
-    port_is_free,
+from pipeline.stack.devstack import DevStack
+from pipeline.stack.ports import (
+    INSTALL_HINT, LOOPBACK, DevStackError, find_binary, free_ports, listening_addresses, port_is_free,
 )
+from pipeline.stack.seaweed import WEED_GRPC_OFFSET, WEED_MAX_PORT, S3Server
+from pipeline.stack.servers import NatsServer
 
 BUCKET = "devstack-test"
 
@@ -149,7 +141,7 @@ def test_taken_port_fails_with_server_address_and_log(tmp_path: Path):
 def test_server_does_not_outlive_its_python_process(tmp_path: Path):
     script = textwrap.dedent(
         f"""
-        from pipeline.devstack import NatsServer
+        from pipeline.stack.servers import NatsServer
         server = NatsServer({str(tmp_path)!r}).start()
         print(server.pid, flush=True)
         """

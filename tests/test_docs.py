@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.settings import Settings
+from pipeline.contracts.settings import Settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

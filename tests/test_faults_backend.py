@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from pipeline.messages import SynthRequest
+from pipeline.contracts.messages import SynthRequest
 from tests.fault_fixtures import (  # noqa: F401 - fixtures
     PRODUCTION_RETRY, logs_to_this_test, make_requests, observers, report, sim_stats, worker_procs,
 )

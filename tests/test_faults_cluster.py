@@ -7,7 +7,7 @@ import time
 import pytest
 
 from pipeline import bus
-from pipeline.settings import Settings
+from pipeline.contracts.settings import Settings
 from tests.fault_fixtures import (  # noqa: F401 - fixtures
     PRODUCTION_RETRY, assert_no_loss, logs_to_this_test, make_requests, nats_cluster, observers, retry, sim_stats,
     worker_procs,

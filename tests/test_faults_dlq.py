@@ -15,12 +15,12 @@ import httpx
 import pytest
 import structlog
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.client import publish_synth
-from pipeline.dlq_cli import _replayable, original_payload, replay_msg_id
-from pipeline.messages import ChunkDone, DeadLetter, SynthRequest
-from pipeline.settings import Settings
-from pipeline.subjects import Names
+from pipeline.cli.dlq import _replayable, original_payload, replay_msg_id
+from pipeline.contracts.messages import ChunkDone, DeadLetter, SynthRequest
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import Names
 from tests.fault_fixtures import CLI, logs_to_this_test, settings_env  # noqa: F401 - autouse fixture
 from tests.waiting import until
 

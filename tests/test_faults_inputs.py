@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from pipeline.jobs import chunk_id_for
-from pipeline.messages import ChapterSubmit, SynthRequest
+from pipeline.jobs.state import chunk_id_for
+from pipeline.contracts.messages import ChapterSubmit, SynthRequest
 from tests.fault_fixtures import (  # noqa: F401 - fixtures
     PRODUCTION_RETRY, logs_to_this_test, make_requests, observers, report, sim_stats, worker_procs,
 )

@@ -19,10 +19,10 @@ import openai
 import pytest
 import soundfile as sf
 
-from pipeline.audio import decode_wav, encode_wav
-from pipeline.messages import DEFAULT_REFERENCE_TEXT, DEFAULT_SCENE_PROMPT
+from pipeline.audio.checks import decode_wav, encode_wav
+from pipeline.contracts.messages import DEFAULT_REFERENCE_TEXT, DEFAULT_SCENE_PROMPT
 from pipeline.store import sha256_hex
-from pipeline.subjects import REFERENCE_KEY
+from pipeline.contracts.subjects import REFERENCE_KEY
 from tests.conftest import sim_stats
 from tests.gateway_fixtures import gateway, recording_proxy, wait_for_health  # noqa: F401 (fixtures)
 from tests.waiting import until

@@ -11,8 +11,9 @@ from contextlib import aclosing
 
 import httpx
 
-from pipeline import bus, jobs
-from pipeline.messages import ChapterFailed
+from pipeline import bus
+from pipeline.jobs import state as jobs
+from pipeline.contracts.messages import ChapterFailed
 from tests.gateway_fixtures import gateway, wait_for_health  # noqa: F401 (fixtures)
 from tests.waiting import until
 

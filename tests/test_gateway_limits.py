@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from http_gateway import create_app
-from pipeline.audio import encode_wav
-from pipeline.devstack import NatsServer, free_port
-from pipeline.settings import Settings
+from pipeline.audio.checks import encode_wav
+from pipeline.stack.ports import free_port
+from pipeline.stack.servers import NatsServer
+from pipeline.contracts.settings import Settings
 from tests.conftest import BUCKET, leave_mid_body
 from tests.gateway_fixtures import ThreadedServer, gateway  # noqa: F401 (fixture)
 from tests.waiting import until

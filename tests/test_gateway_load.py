@@ -6,7 +6,8 @@ import asyncio
 
 import httpx
 
-from pipeline.engines.sim import SimConfig, SimServer
+from pipeline.engines.sim.config import SimConfig
+from pipeline.engines.sim.server import SimServer
 from tests.conftest import sim_stats
 from tests.gateway_fixtures import gateway, wait_for_health  # noqa: F401 (fixture)
 

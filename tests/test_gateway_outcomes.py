@@ -14,8 +14,8 @@ import time
 import nats
 
 from http_gateway.outcomes import REPLY_GRACE_S, OutcomeRouter
-from pipeline.messages import AudioReply, ChunkDone, ChunkTimings
-from pipeline.subjects import Names
+from pipeline.contracts.messages import AudioReply, ChunkDone, ChunkTimings
+from pipeline.contracts.subjects import Names
 
 WAV = b"RIFF" + bytes(4000)
 

@@ -33,10 +33,10 @@ import yaml
 from nats.js import api as js_api
 
 from pipeline import bus
-from pipeline.cli import build_parser
-from pipeline.devstack import find_binary, free_ports, port_is_free
-from pipeline.settings import Settings
-from pipeline.subjects import PRIORITIES, Names
+from pipeline.cli.main import build_parser
+from pipeline.stack.ports import find_binary, free_ports, port_is_free
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import PRIORITIES, Names
 from tests.fault_fixtures import retry
 from tests.waiting import until, until_sync
 
@@ -680,7 +680,7 @@ if cmd == "run":
     if os.environ.get("FAKE_CONTAINER_FAILS"):
         code = "import sys; print('CUDA out of memory'); sys.exit(1)"
     else:
-        code = ("import sys, time; time.sleep(1.0); from pipeline.engines import sim; "
+        code = ("import sys, time; time.sleep(1.0); from pipeline.engines.sim import server as sim; "
                 f"sim.main(['--port', '{{port}}'])")
     with open(state / f"{{name}}.log", "w") as out:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT,

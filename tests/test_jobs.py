@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import bus, jobs
-from pipeline.messages import ChapterDone, ChapterFailed, ChapterSubmit, JobDone, Sampling, SynthRequest
+from pipeline import bus
+from pipeline.jobs import state as jobs
+from pipeline.contracts.messages import ChapterDone, ChapterFailed, ChapterSubmit, JobDone, Sampling, SynthRequest
 from tests.conftest import sim_stats
 from tests.waiting import queue_empty, until
 
@@ -130,7 +131,7 @@ async def test_resubmitting_a_finished_book_synthesises_nothing(sims, harness):
 
 
 async def test_failed_chunk_fails_its_chapter_and_retry_completes_it(sims, harness):
-    from pipeline import jobs_cli
+    from pipeline.cli import jobs as jobs_cli
 
     sim = sims(error_rate=1.0, error_status=400)
     h = await harness(backend_urls=[sim.url], max_in_flight=8)
@@ -188,8 +189,8 @@ async def test_bad_chapter_messages_fail_clearly_and_others_go_on(sims, harness,
 
 async def test_assembly_levels_chunks_with_the_planned_loudness_and_measures_only_the_missing(harness):
     from pipeline.assemble import assemble_chapter, gain_for
-    from pipeline.audio import loudness_lufs
-    from pipeline.engines.simaudio import synthesize, wav_bytes
+    from pipeline.audio.checks import loudness_lufs
+    from pipeline.engines.sim.audio import synthesize, wav_bytes
 
     h = await harness(target_lufs=-26.0, pause_s=0.5, crossfade_s=0.01)
     rate = h.settings.sample_rate_hz
@@ -219,8 +220,8 @@ async def test_assembly_levels_chunks_with_the_planned_loudness_and_measures_onl
 
 
 def test_the_joining_code_does_not_import_the_loudness_meter():
-    code = ("import sys, pipeline.assembler, pipeline.assemble; "
-            "print(sorted({'scipy', 'pyloudnorm', 'pipeline.audio'} & set(sys.modules)))")
+    code = ("import sys, pipeline.jobs.assembler, pipeline.assemble; "
+            "print(sorted({'scipy', 'pyloudnorm', 'pipeline.audio.checks'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 

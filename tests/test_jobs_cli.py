@@ -10,7 +10,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from pipeline import bus, jobs
+from pipeline import bus
+from pipeline.jobs import state as jobs
 from tests.conftest import sim_stats
 from tests.test_cli import CLI, env_for, run_cli
 from tests.test_jobs import chapter_text

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.asr import Transcriber
-from pipeline.audio import decode_wav, loudness_lufs
+from pipeline.audio.asr import Transcriber
+from pipeline.audio.checks import decode_wav, loudness_lufs
 from pipeline.client import publish_synth
 from pipeline.engines.piper import PiperServer
-from pipeline.messages import ChunkDone, ChunkFailed, Sampling, SynthRequest
-from pipeline.voices import sync_presets
-from pipeline.wer import word_error_rate
+from pipeline.contracts.messages import ChunkDone, ChunkFailed, Sampling, SynthRequest
+from pipeline.synthesis.voices import sync_presets
+from pipeline.audio.wer import word_error_rate
 from tests.conftest import sim_stats
 from tests.test_voices import make_folder
 

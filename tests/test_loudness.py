@@ -4,7 +4,7 @@ import numpy as np
 import pyloudnorm
 import pytest
 
-from pipeline.loudness import integrated_lufs, k_weighting_sos
+from pipeline.audio.loudness import integrated_lufs, k_weighting_sos
 
 # ITU-R BS.1770-4, tables 1 and 2: the K-weighting stages at 48 kHz.
 SPEC_SHELF_48K = [1.53512485958697, -2.69169618940638, 1.19839281085285, 1.0, -1.69065929318241, 0.73248077421585]

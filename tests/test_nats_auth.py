@@ -9,9 +9,9 @@ import time
 import pytest
 
 from pipeline import bus
-from pipeline.devstack import find_binary, free_port
-from pipeline.errors import StartupError
-from pipeline.settings import Settings
+from pipeline.contracts.errors import StartupError
+from pipeline.contracts.settings import Settings
+from pipeline.stack.ports import find_binary, free_port
 from tests.waiting import until_sync
 
 

@@ -18,9 +18,10 @@ import httpx
 import numpy as np
 import pytest
 
-from pipeline.devstack import free_port
+from pipeline.stack.ports import free_port
 from pipeline.engines.piper import PiperConfig, PiperServer
-from pipeline.engines.sim import SimConfig, SimServer
+from pipeline.engines.sim.config import SimConfig
+from pipeline.engines.sim.server import SimServer
 from tests.conftest import leave_mid_body
 from tests.waiting import until_sync
 

@@ -16,7 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from pipeline.engines.sim import SimConfig, SimServer, add_arguments, config_from_args
+from pipeline.engines.sim.config import SimConfig
+from pipeline.engines.sim.server import SimServer, add_arguments, config_from_args
 from tests.conftest import leave_mid_body
 from tests.waiting import until_sync
 

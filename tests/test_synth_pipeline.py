@@ -10,9 +10,9 @@ import wave
 import pytest
 
 from pipeline import bus
-from pipeline.audio import decode_wav, expected_duration_s
+from pipeline.audio.checks import decode_wav, expected_duration_s
 from pipeline.client import publish_synth
-from pipeline.messages import AudioReply, ChunkDone, ChunkFailed, DeadLetter, SynthRequest
+from pipeline.contracts.messages import AudioReply, ChunkDone, ChunkFailed, DeadLetter, SynthRequest
 from tests.conftest import sim_stats
 from tests.waiting import queue_empty, until
 
@@ -301,7 +301,7 @@ async def read_dlq(h) -> list[DeadLetter]:
 
 async def test_worker_heartbeat_reports_backend_health(sims, harness):
     from pipeline import bus
-    from pipeline.messages import WorkerHeartbeat
+    from pipeline.contracts.messages import WorkerHeartbeat
 
     sim = sims()
     h = await harness(backend_urls=[sim.url, "http://127.0.0.1:9"], heartbeat_s=0.2)

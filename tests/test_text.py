@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.settings import Settings
-from pipeline.text import Chunk, join_chunks, normalise, split_text
+from pipeline.contracts.settings import Settings
+from pipeline.text.split import Chunk, join_chunks, normalise, split_text
 from tests.conftest import growth_ratio
 
 

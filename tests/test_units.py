@@ -6,10 +6,10 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.backend import HiggsClient, STOP_STRINGS, max_tokens_for
-from pipeline.messages import DEFAULT_SCENE_PROMPT, AudioReply, ChunkDone, ChunkTimings, Reference, Sampling, SynthRequest
-from pipeline.policy import backoff_s, is_last_attempt
-from pipeline.settings import Settings
-from pipeline.subjects import Names
+from pipeline.contracts.messages import DEFAULT_SCENE_PROMPT, AudioReply, ChunkDone, ChunkTimings, Reference, Sampling, SynthRequest
+from pipeline.contracts.policy import backoff_s, is_last_attempt
+from pipeline.contracts.settings import Settings
+from pipeline.contracts.subjects import Names
 
 
 def test_backend_urls_accept_commas_and_the_seed_alias(monkeypatch):
@@ -114,7 +114,7 @@ def test_chat_payload_sends_top_k_top_level_and_stops():
 
 async def test_backend_ejection_and_restore(sims):
     """Real HTTP to a stand-in: failures eject a server, a passing probe restores it."""
-    from pipeline.errors import BackendRetryable
+    from pipeline.contracts.errors import BackendRetryable
 
     sim = sims(error_rate=1.0, error_status=503)
     settings = Settings(backend_urls=[sim.url], backend_eject_after=2, backend_eject_s=60)
@@ -136,7 +136,7 @@ async def test_backend_ejection_and_restore(sims):
 
 
 def test_delivery_policy_limits_attempts_and_age():
-    from pipeline.policy import DeliveryPolicy
+    from pipeline.contracts.policy import DeliveryPolicy
 
     rng = random.Random(7)
     policy = DeliveryPolicy(max_deliver=3, base_delay_s=1.0, max_delay_s=10.0, max_age_s=60.0)
@@ -177,7 +177,7 @@ async def test_an_answer_whose_audio_is_not_base64_is_invalid_audio():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from pipeline.errors import AudioInvalid
+    from pipeline.contracts.errors import AudioInvalid
 
     class Answer(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server's naming

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio import decode_wav, resample
+from pipeline.audio.checks import decode_wav, resample
 from pipeline.client import publish_synth
-from pipeline.engines import simaudio
-from pipeline.messages import ChunkDone, SynthRequest
+from pipeline.engines.sim import audio as simaudio
+from pipeline.contracts.messages import ChunkDone, SynthRequest
 from pipeline.store import sha256_hex
-from pipeline.voices import PresetError, VoiceBook, read_folder, sync_presets
+from pipeline.synthesis.voices import PresetError, VoiceBook, read_folder, sync_presets
 from tests.conftest import sim_stats
 from tests.test_cli import env_for, run_cli
 

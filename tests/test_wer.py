@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.wer import edit_distance, normalise, word_error_rate
+from pipeline.audio.wer import edit_distance, normalise, word_error_rate
 
 
 def test_identical_texts_have_no_errors():

@@ -78,7 +78,7 @@ async def _probe_tcp(nats_url: str) -> None:
 async def _connect(settings):
     # The pipeline's own connect: the same URL and credential settings as the workers.
     from pipeline import bus
-    from pipeline.errors import StartupError
+    from pipeline.contracts.errors import StartupError
 
     await _probe_tcp(settings.nats_url)
     try:
@@ -88,7 +88,7 @@ async def _connect(settings):
 
 
 async def _check_nats() -> None:
-    from pipeline.settings import Settings
+    from pipeline.contracts.settings import Settings
 
     nc = await _connect(Settings())
     try:
@@ -102,8 +102,8 @@ async def _check_nats() -> None:
 async def _check_heartbeat() -> None:
     from nats.js.errors import NoKeysError, NotFoundError
 
-    from pipeline.settings import Settings
-    from pipeline.subjects import Names
+    from pipeline.contracts.settings import Settings
+    from pipeline.contracts.subjects import Names
 
     settings = Settings()
     bucket = Names(settings.namespace).workers_kv
@@ -155,8 +155,8 @@ def auto_check(role: list[str], env: dict[str, str]) -> tuple[str, ...]:
 def _import_pipeline() -> None:
     # Imports take seconds on a busy host: load them before the check's clock starts.
     import pipeline.bus  # noqa: F401
-    import pipeline.settings  # noqa: F401
-    import pipeline.subjects  # noqa: F401
+    import pipeline.contracts.settings  # noqa: F401
+    import pipeline.contracts.subjects  # noqa: F401
 
 
 def _port_flag(args: list[str], default: int) -> int:

@@ -46,13 +46,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.audio import encode_wav, resample
+from pipeline.audio.checks import encode_wav, resample
+from pipeline.contracts.messages import HIGGS_PRESET_VOICES
 from pipeline.engines.serving import (
     AUDIO_TOKENS_PER_S, CLIENT_GONE_STATUS, BackgroundServer, ChatRequest, RequestError, SpeechRequest,
     check_chat_audio, check_model, estimate_prompt_tokens, models_body, parse, reference_audio,
     response_for, speech_prompt_tokens, target_text, token_limit,
 )
-from pipeline.messages import HIGGS_PRESET_VOICES
 
 PROTOCOL_RATE_HZ = 24000
 NOTE_HEADER = "X-Engine-Note"
@@ -313,7 +313,7 @@ def serve(config: PiperConfig, host: str = "127.0.0.1", port: int = 8000) -> Non
     """Load the voice, then serve in the foreground until SIGINT/SIGTERM."""
     reason = missing()
     if reason:
-        from pipeline.errors import StartupError
+        from pipeline.contracts.errors import StartupError
 
         raise StartupError(f"the Piper engine needs the `local` extra: {reason}")
     engine = PiperEngine(config)

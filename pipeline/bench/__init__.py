@@ -1,0 +1,1 @@
+"""`tts-pipeline bench`: the load, its targets, the GPU log and the benchmark lab."""

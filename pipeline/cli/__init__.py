@@ -1,0 +1,1 @@
+"""The `tts-pipeline` command: the parser in `main`, one module per command group."""

@@ -1,0 +1,1 @@
+"""Running the pipeline: embedded servers on loopback, process wiring of services, `up` and `demo`."""

@@ -1,0 +1,1 @@
+"""Text: splitting into chunks, and reading book files into chapters."""
