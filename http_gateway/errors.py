@@ -57,3 +57,8 @@ class NoAnswer(GatewayError):
     """No outcome event arrived within `gateway_request_timeout_s`."""
 
     status = 504
+
+
+class StreamCut(Exception):
+    """A streamed answer must end without its final chunk (a chunk failed after the audio began):
+    the middleware closes the connection, so the client sees an incomplete body, not a short file."""

@@ -40,6 +40,14 @@ class GatewayMetrics:
                                     "worker, on NATS) or store (cached, or too large for one message)",
                                     ["source"], registry=r)
         self.cache_hits = Counter("tts_gateway_cache_hits", "syntheses answered from stored audio", registry=r)
+        self.long_requests = Counter("tts_gateway_long_requests", "requests split into several chunks, by mode "
+                                     "(whole: one joined answer; stream: audio sent as chunks finish)",
+                                     ["mode"], registry=r)
+        self.chunks_withdrawn = Counter("tts_gateway_chunks_withdrawn",
+                                        "chunk messages deleted from the work queue because their request "
+                                        "ended early (client gone, DELETE, a failed chunk)", registry=r)
+        self.streams_cut = Counter("tts_gateway_streams_cut", "streamed answers ended early by a failed or "
+                                   "missing chunk after the audio had started", registry=r)
         self.jobs_submitted = Counter("tts_gateway_jobs_submitted", "jobs accepted by POST /jobs", registry=r)
         self.job_chapters_submitted = Counter("tts_gateway_job_chapters_submitted",
                                               "chapters published by POST /jobs", registry=r)

@@ -17,6 +17,7 @@ import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
 
+from http_gateway.errors import StreamCut
 from http_gateway.metrics import GatewayMetrics
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
@@ -71,7 +72,10 @@ class GatewayMiddleware:
                     status = CLIENT_GONE_STATUS
                     return
                 receive = _replay(body, receive)
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except StreamCut:  # logged and counted where it happened; returning unfinished closes it
+                return
         finally:
             route = getattr(scope.get("route"), "path", None)
             if route is None:

@@ -9,11 +9,12 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from http_gateway.errors import BadInput, GatewayError, TooLarge
+from http_gateway.errors import BadInput, GatewayError, NotFound, TooLarge
 from http_gateway.formats import MEDIA_TYPES, check_format, transcode
 from http_gateway.middleware import request_id_of
 from http_gateway.schemas import GenerateRequest, SpeechRequest
 from http_gateway.service import Ask, Gateway, Spoken
+from http_gateway.streaming import stream_speech
 
 log = structlog.get_logger("http_gateway.routes")
 
@@ -35,15 +36,30 @@ def _headers(spoken: Spoken) -> dict[str, str]:
     return {
         "X-Generation-Time": f"{spoken.generation_s:.2f}",
         "X-Concurrent-Requests": str(spoken.concurrent),
-        "X-Cache": "hit" if spoken.done.cached else "miss",
+        "X-Cache": "hit" if spoken.all_cached else "miss",
+        "X-Chunks": str(spoken.chunks),
     }
 
 
 @router.post("/generate", response_class=Response, responses=_WAV_RESPONSE)
 async def generate(body: GenerateRequest, request: Request) -> Response:
-    """Speak `text`; answers the WAV with `X-Generation-Time`, `X-Concurrent-Requests`, `X-Cache`."""
-    spoken = await _gateway(request).generate(_ask(body), request_id_of(request.scope))
+    """Speak `text`; answers the WAV with `X-Generation-Time`, `X-Concurrent-Requests`, `X-Cache`.
+    A long text is split, spoken in parallel and joined; `stream: true` sends it as it is spoken."""
+    gateway, request_id = _gateway(request), request_id_of(request.scope)
+    if body.stream:
+        return await stream_speech(gateway, _ask(body), request_id, "wav", sse=False)
+    spoken = await gateway.generate(_ask(body), request_id)
     return Response(spoken.wav, media_type="audio/wav", headers=_headers(spoken))
+
+
+@router.delete("/requests/{request_id}", status_code=202)
+async def cancel(request_id: str, request: Request) -> dict:
+    """Cancel a long request running on this gateway (its `X-Request-Id`): chunks no worker has
+    taken are withdrawn and never reach a model server; those already running finish and stay cached."""
+    left = _gateway(request).cancel(request_id)
+    if left is None:
+        raise NotFound(f"No long request '{request_id}' is running on this gateway")
+    return {"request_id": request_id, "cancelled": True, "chunks_unanswered": left}
 
 
 @router.post("/generate/batch")
@@ -79,9 +95,12 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     `model`, `speed` and `instructions` are accepted and not used."""
     fmt = body.response_format.lower()
     check_format(fmt)  # before any synthesis
-    if body.stream_format != "audio":
-        raise BadInput(f"stream_format '{body.stream_format}' is not supported; use 'audio'")
+    if body.stream_format not in ("audio", "sse"):
+        raise BadInput(f"stream_format '{body.stream_format}' is not supported; use 'audio' or 'sse'")
     ask = Ask(text=body.input, sampling=body.sampling(), voice=body.voice, openai_voices=True)
+    if body.stream or body.stream_format == "sse":
+        return await stream_speech(_gateway(request), ask, request_id_of(request.scope), fmt,
+                                   sse=body.stream_format == "sse")
     spoken = await _gateway(request).generate(ask, request_id_of(request.scope))
     audio = spoken.wav if fmt == "wav" else await asyncio.to_thread(transcode, spoken.wav, fmt)
     return Response(audio, media_type=MEDIA_TYPES[fmt], headers=_headers(spoken))

@@ -26,7 +26,7 @@ DEFAULT_VOICE_ALIASES = OPENAI_VOICES | {"default"}
 
 class SamplingFields(BaseModel):
     temperature: float = Field(default=1.0, ge=0.1, le=1.5)
-    top_p: float = Field(default=0.95, ge=0.0, le=1.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)  # vLLM: (0, 1]
     top_k: int = Field(default=50, ge=1, le=100)
     max_tokens: int = Field(default=2048, ge=256, le=8192)
 
@@ -40,6 +40,7 @@ class GenerateRequest(SamplingFields):
     reference_audio_base64: str | None = None
     reference_text: str | None = None
     voice: str | None = Field(default=None, description="a preset voice name (GET /v1/audio/voices)")
+    stream: bool = Field(default=False, description="send the WAV as chunks finish (header sizes 'unknown')")
 
 
 class SpeechRequest(SamplingFields):
@@ -53,6 +54,9 @@ class SpeechRequest(SamplingFields):
     response_format: str = "mp3"
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     instructions: str | None = None
+    # Kokoro-FastAPI's field: audio sent as the text's chunks finish (pcm, wav or mp3).
+    stream: bool = False
+    # OpenAI's: "sse" streams `speech.audio.delta` events (implies streaming); "audio" the bytes.
     stream_format: str = "audio"
 
 

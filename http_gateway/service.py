@@ -9,6 +9,7 @@ Every request is published with interactive priority under this process's job id
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from pipeline.contracts.messages import ChunkDone, ChunkFailed, Sampling, SynthR
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import PRIORITY_INTERACTIVE, Names
 
+from http_gateway.chunked import ChunkedSpeech
 from http_gateway.errors import BadInput, GenerationFailed, NoAnswer, NotFound, TooLarge, Unavailable
 from http_gateway.link import Link
+from http_gateway.longform import Joiner, chunk_requests, plan_texts, wav_header
 from http_gateway.metrics import GatewayMetrics
 from http_gateway.observe import Observer
 from http_gateway.outcomes import OutcomeRouter
@@ -40,9 +43,15 @@ OFFLOAD_REFERENCE_CHARS = 256 * 1024
 @dataclass(frozen=True)
 class Spoken:
     wav: bytes
-    done: ChunkDone
+    done: ChunkDone  # the (first) chunk's event
     generation_s: float
     concurrent: int
+    chunks: int = 1
+    cached: bool | None = None  # every chunk from the store; None: the one chunk's `done.cached`
+
+    @property
+    def all_cached(self) -> bool:
+        return self.done.cached if self.cached is None else self.cached
 
 
 @dataclass(frozen=True)
@@ -70,12 +79,16 @@ class Gateway:
         self.observer = Observer(settings, self.names, self.link)
         self.stats = RequestStats()
         self.metrics = GatewayMetrics()
+        self.running: dict[str, ChunkedSpeech] = {}  # long requests by request id (for DELETE)
+        self._closing: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         await self.link.start()
         log.info("gateway.started", instance=self.instance_id, bus=self.link.bus_up)
 
     async def close(self) -> None:
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         await self.link.close()
 
     # ------------------------------------------------------------------ checks
@@ -87,7 +100,8 @@ class Gateway:
         limit = self.settings.gateway_max_text_chars
         if len(ask.text) > limit:
             raise TooLarge(f"Text is {len(ask.text)} characters; the limit per request is {limit}. "
-                           "Send longer texts to the jobs API (POST /jobs), which splits them into chunks.")
+                           "Send longer texts to the jobs API (POST /jobs): it keeps their progress and "
+                           "its chapters can be fetched as they finish.")
         voice = await self.resolve_voice(ask.voice, ask.openai_voices)
         reference = None
         if ask.reference_b64:
@@ -185,4 +199,52 @@ class Gateway:
                      cached=cached, elapsed_s=round(elapsed_s, 3), chars=len(request.text))
 
     async def generate(self, ask: Ask, request_id: str) -> Spoken:
-        return await self.speak(await self.prepare(ask, request_id), request_id)
+        """The whole answer: one chunk as always, or a long text's chunks joined into one WAV."""
+        request = await self.prepare(ask, request_id)
+        texts = plan_texts(request.text, self.settings)
+        if len(texts) == 1:
+            return await self.speak(request, request_id)
+        started = time.perf_counter()
+        self.metrics.long_requests.labels(mode="whole").inc()
+        pcm, first_done, chunks = [], None, 0
+        async with self.chunked(request, texts, request_id) as speech:
+            joiner = Joiner(self.settings)
+            async for done, wav in speech.pieces():
+                first_done = first_done or done
+                pcm.append(await asyncio.to_thread(joiner.pcm, wav, done.loudness_lufs))
+            chunks, cached = len(speech), speech.cached == len(speech)
+        data = b"".join(pcm)
+        return Spoken(wav=wav_header(self.settings.sample_rate_hz, len(data)) + data, done=first_done,
+                      generation_s=time.perf_counter() - started, concurrent=self.stats.concurrent_requests,
+                      chunks=chunks, cached=cached)
+
+    @contextlib.asynccontextmanager
+    async def chunked(self, request: SynthRequest, texts: list[str], request_id: str):
+        """A long request's chunks published and tracked (counted once in the stats); on the way
+        out, whatever no outcome answered is withdrawn from the queue."""
+        speech = ChunkedSpeech(self, chunk_requests(request, texts, uuid.uuid4().hex), request_id)
+        self.stats.begin()
+        self.metrics.in_flight.inc()
+        self.running[request_id] = speech
+        ok, started = False, time.perf_counter()
+        try:
+            await speech.publish()
+            yield speech
+            ok = True
+        finally:
+            if self.running.get(request_id) is speech:
+                del self.running[request_id]
+            self.metrics.in_flight.dec()
+            self.stats.end(ok, time.perf_counter() - started, ok and speech.cached == len(speech))
+            # Off this task: a stream whose client left is being cancelled, and this must still run.
+            closing = asyncio.get_running_loop().create_task(speech.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            log.info("gateway.long_request", request_id=request_id, chunks=len(speech), ok=ok,
+                     cached=speech.cached, elapsed_s=round(time.perf_counter() - started, 3),
+                     chars=sum(len(t) for t in texts))
+
+    def cancel(self, request_id: str) -> int | None:
+        """Cancel a running long request of this gateway: its unanswered chunks (None: unknown id)."""
+        speech = self.running.get(request_id)
+        return None if speech is None else speech.cancel()

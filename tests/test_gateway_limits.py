@@ -90,7 +90,7 @@ async def test_bad_generate_input(client, body, status, says):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("temperature", 0.09), ("temperature", 1.51), ("top_p", -0.01), ("top_p", 1.01),
+    ("temperature", 0.09), ("temperature", 1.51), ("top_p", -0.01), ("top_p", 0.0), ("top_p", 1.01),
     ("top_k", 0), ("top_k", 101), ("max_tokens", 255), ("max_tokens", 8193),
 ])
 async def test_out_of_range_sampling_is_422(client, field, value):

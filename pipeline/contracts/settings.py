@@ -149,8 +149,10 @@ class Settings(BaseSettings):
     gateway_api_key: str = Field(default="", repr=False)
     # How long an HTTP request waits for its outcome event before answering 504.
     gateway_request_timeout_s: float = Field(default=120.0, gt=0)
-    # Longer texts belong to the jobs API, which splits them (SynthRequest caps text at 20,000).
-    gateway_max_text_chars: int = Field(default=5000, ge=1, le=20_000)
+    # A text longer than one chunk is split and its chunks spoken in parallel; 10,000 characters
+    # (~11 min of speech, a ~32 MB WAV held in memory while joined) keeps one answer a sensible
+    # size. Longer texts belong to the jobs API (durable, resumable, fetched by chapter).
+    gateway_max_text_chars: int = Field(default=10_000, ge=1, le=100_000)
     gateway_max_batch: int = Field(default=64, ge=1)
     gateway_max_reference_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     gateway_max_reference_s: float = Field(default=60.0, gt=0)
