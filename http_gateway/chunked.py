@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from pipeline.contracts.errors import StorePermanent, StoreRetryable
 from pipeline.contracts.messages import ChunkDone, ChunkFailed, SynthRequest
 from pipeline.contracts.subjects import PRIORITY_INTERACTIVE, synth_msg_id
 
@@ -86,14 +85,7 @@ class ChunkedSpeech:
                 gateway.metrics.syntheses.labels(outcome="failed").inc()
                 raise GenerationFailed(f"Generation failed at chunk {index + 1} of {len(self)} "
                                        f"({outcome.reason}): {outcome.error}")
-            source = "reply"
-            if wav is None:  # cached, or too large for one message: read it from the store
-                source = "store"
-                try:
-                    wav = await gateway.link.require_store().get(outcome.key)
-                except (StoreRetryable, StorePermanent) as exc:
-                    raise Unavailable(f"object store unavailable: {exc}") from None
-            gateway.metrics.audio_source.labels(source=source).inc()
+            wav = await gateway.audio_of(outcome, wav)
             gateway.metrics.syntheses.labels(outcome="done").inc()
             self.cached += outcome.cached
             log.debug("gateway.chunk", request_id=self.request_id, index=index, cached=outcome.cached,

@@ -177,14 +177,7 @@ class Gateway:
             if isinstance(outcome, ChunkFailed):
                 outcome_label = "failed"
                 raise GenerationFailed(f"Generation failed ({outcome.reason}): {outcome.error}")
-            source = "reply"
-            if wav is None:  # cached, or too large for one message: read it from the store
-                source = "store"
-                try:
-                    wav = await self.link.require_store().get(outcome.key)
-                except (StoreRetryable, StorePermanent) as exc:
-                    raise Unavailable(f"object store unavailable: {exc}") from None
-            self.metrics.audio_source.labels(source=source).inc()
+            wav = await self.audio_of(outcome, wav)
             ok, cached, outcome_label = True, outcome.cached, "done"
             generation_s = time.perf_counter() - started
             return Spoken(wav=wav, done=outcome, generation_s=generation_s, concurrent=self.stats.concurrent_requests)
@@ -197,6 +190,17 @@ class Gateway:
                 self.metrics.cache_hits.inc()
             log.info("gateway.synth", request_id=request_id, chunk=request.chunk_id, outcome=outcome_label,
                      cached=cached, elapsed_s=round(elapsed_s, 3), chars=len(request.text))
+
+    async def audio_of(self, done: ChunkDone, replied: bytes | None) -> bytes:
+        """The WAV of a done chunk: the worker's reply, else (cached, or too large for one NATS
+        message) read from the store; `Unavailable` when the store is away."""
+        self.metrics.audio_source.labels(source="reply" if replied is not None else "store").inc()
+        if replied is not None:
+            return replied
+        try:
+            return await self.link.require_store().get(done.key)
+        except (StoreRetryable, StorePermanent) as exc:
+            raise Unavailable(f"object store unavailable: {exc}") from None
 
     async def generate(self, ask: Ask, request_id: str) -> Spoken:
         """The whole answer: one chunk as always, or a long text's chunks joined into one WAV."""

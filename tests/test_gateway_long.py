@@ -35,6 +35,7 @@ SENTENCES = [
     "He went down for breakfast, leaving the lamp to the daylight until evening came again.",
 ]
 LONG_TEXT = " ".join(SENTENCES * 2)  # ~1,500 characters: several chunks
+STREAMED_PCM = {"model": "tts-1", "voice": "alloy", "input": LONG_TEXT, "response_format": "pcm", "stream": True}
 
 
 def pcm_of(wav: bytes) -> np.ndarray:
@@ -150,12 +151,10 @@ async def test_streams_in_every_format_decode_to_the_whole_answer(sims, harness,
 async def test_the_first_audio_leaves_before_the_last_chunk_is_spoken(sims, harness, gateway):
     # One call at a time: the chunks are spoken one after another, so the first bytes must arrive
     # while later chunks are still waiting for the model.
-    sim = sims(latency_s=0.3, slots=64)
+    sim = sims(latency_s=1.0, slots=64)
     h, gw, client = await start(harness, gateway, sim, max_in_flight=1)
     async with aclosing(client):
-        async with client.stream("POST", "/v1/audio/speech", json={
-                "model": "tts-1", "voice": "alloy", "input": LONG_TEXT, "response_format": "pcm",
-                "stream": True}) as resp:
+        async with client.stream("POST", "/v1/audio/speech", json=STREAMED_PCM) as resp:
             chunks = int(resp.headers["X-Chunks"])
             stream = resp.aiter_raw()
             first = await anext(stream)
@@ -169,9 +168,7 @@ async def test_a_client_leaving_mid_stream_stops_the_chunks_not_yet_started(sims
     sim = sims(latency_s=1.0, slots=64)
     h, gw, client = await start(harness, gateway, sim, max_in_flight=1)
     async with aclosing(client):
-        async with client.stream("POST", "/v1/audio/speech", json={
-                "model": "tts-1", "voice": "alloy", "input": LONG_TEXT, "response_format": "pcm",
-                "stream": True}) as resp:
+        async with client.stream("POST", "/v1/audio/speech", json=STREAMED_PCM) as resp:
             chunks = int(resp.headers["X-Chunks"])
             await anext(resp.aiter_raw())  # the first chunk's audio, then the client leaves
         metrics = await until(lambda: withdrawn(client), "the gateway withdraws the unanswered chunks")
