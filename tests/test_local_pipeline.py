@@ -14,6 +14,7 @@ from pipeline.contracts.messages import ChunkDone, ChunkFailed, Sampling, SynthR
 from pipeline.synthesis.voices import sync_presets
 from pipeline.audio.wer import word_error_rate
 from tests.conftest import sim_stats
+from tests.gateway_fixtures import gateway  # noqa: F401 (fixture)
 from tests.test_voices import make_folder
 
 # Three paragraphs of ~150 words with numbers, abbreviations and quotes, one request per sentence.
@@ -173,3 +174,30 @@ async def test_piper_passes_the_asr_gate_and_notes_voices_it_cannot_do(harness, 
     for done in (preset, builtin):
         assert done.wer is not None and done.wer <= 0.25 and done.takes == 1
         assert done.loudness_lufs is not None and -40 < done.loudness_lufs < -5
+
+
+async def test_a_long_text_through_the_gateway_comes_back_whole_in_real_speech(harness, piper, transcriber,
+                                                                               gateway):
+    """Several chunks on the Piper engine, joined by the gateway: the recogniser hears the text
+    to its last sentence (a text cut at a token cap would lose it)."""
+    import httpx
+
+    from http_gateway.longform import plan_texts
+    from tests.gateway_fixtures import wait_for_health
+
+    text = " ".join(PARAGRAPHS[0][5:9])  # four sentences, ~60 words: three chunks
+    h = await harness(backend_urls=[piper.url], max_in_flight=4, heartbeat_s=0.2)
+    await h.start_worker()
+    gw = gateway(h.settings)
+    async with httpx.AsyncClient(base_url=gw.url, timeout=240, trust_env=False) as client:
+        await wait_for_health(client, "ok")
+        answer = await client.post("/generate", json={"text": text})
+    assert answer.status_code == 200, answer.text
+    assert int(answer.headers["X-Chunks"]) == len(plan_texts(text, h.settings)) >= 3
+    samples, rate = decode_wav(answer.content)
+    heard = transcriber.transcribe_blocking(samples, rate)
+    assert word_error_rate(text, heard) <= 0.25, heard
+    last = PARAGRAPHS[0][8]  # "Dr. Park now plans a second exhibit about the ships ..."
+    tail_wer = word_error_rate(last, " ".join(heard.split()[-len(last.split()):]))
+    print(f"WER {word_error_rate(text, heard):.3f}, last sentence {tail_wer:.3f}: {heard}")
+    assert tail_wer <= 0.34, heard
