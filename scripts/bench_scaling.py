@@ -45,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_synth import raw_put_rate, sample_object  # noqa: E402 (scripts/ is on the path)
 
 from pipeline import bus
-from pipeline.bench.lab import SLOTS, Engine, EngineWatch, Lab, cpu_s, load_avg, wait_ready  # noqa: E402
+from pipeline.bench.lab import (  # noqa: E402
+    SLOTS, Engine, EngineWatch, Lab, cpu_s, load_avg, wait_engine, wait_gateway, wait_ready,
+)
 from pipeline.bench.load import TEXTS, BenchOptions  # noqa: E402
 from pipeline.bench.run import run_bench, steady_audio_s_per_s  # noqa: E402
 from pipeline.cli import logs
@@ -162,29 +164,6 @@ async def saturation(lab: Lab, args) -> None:
 
 
 # ------------------------------------------------------------------------------ c)
-
-
-async def wait_engine(engine: Engine, condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
-        while time.monotonic() < deadline:
-            if condition((await client.get(f"{engine.url}/sim/stats")).json()):
-                return True
-            await asyncio.sleep(0.1)
-    return False
-
-
-async def wait_gateway(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(f"{url}/health")).json().get("vllm_healthy"):
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"gateway {url} not healthy after {timeout_s:.0f} s")
 
 
 async def interactive(lab: Lab, args) -> None:

@@ -214,6 +214,31 @@ async def wait_ready(settings: Settings, workers: int, timeout_s: float = 60.0) 
         await nc.close()
 
 
+async def wait_engine(engine: Engine, condition, timeout_s: float) -> bool:
+    """Until `condition(the stand-in's /sim/stats)` holds; False after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if condition((await client.get(f"{engine.url}/sim/stats")).json()):
+                return True
+            await asyncio.sleep(0.1)
+    return False
+
+
+async def wait_gateway(url: str, timeout_s: float = 60.0) -> None:
+    """Until the gateway at `url` reports a healthy model server (from a worker's heartbeat)."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get(f"{url}/health")).json().get("vllm_healthy"):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"gateway {url} not healthy after {timeout_s:.0f} s")
+
+
 class EngineWatch:
     """Samples the stand-ins' /sim/stats while a load runs: audio produced and batch occupancy."""
 
