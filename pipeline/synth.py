@@ -30,8 +30,8 @@ from nats.js import JetStreamContext
 from pipeline import bus
 from pipeline.audio.checks import AudioBounds
 from pipeline.backend import HiggsClient
-from pipeline.contracts.messages import BackendStatus, WorkerHeartbeat
-from pipeline.contracts.policy import DeliveryPolicy
+from pipeline.contracts.messages import BackendStatus, SynthRequest, WorkerHeartbeat
+from pipeline.contracts.policy import DeliveryPolicy, failure_reason
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import PRIORITIES, Names
 from pipeline.store import Store
@@ -155,6 +155,11 @@ class SynthWorker(Scheduling, MessageHandling, AudioFinishing):
             if self.gate is not None:
                 self.gate.close()
             log.info("synth.stopped", worker=self.name, **self._stats_fields())
+
+    async def _fail(self, msg: Msg, request: SynthRequest, attempt: int, reason: str, exc: Exception) -> None:
+        """Fail the chunk (`MessageHandling._fail`), naming what went wrong when the last error
+        says (a truncated answer: "truncated") rather than only that deliveries ran out."""
+        await super()._fail(msg, request, attempt, failure_reason(reason, exc), exc)
 
     def heartbeat(self, backend_health: dict[str, bool], voices: dict[str, list[str]] | None = None) -> WorkerHeartbeat:
         s = self.stats

@@ -244,6 +244,18 @@ def test_runaway_pads_silence_up_to_max_tokens():
         assert not samples[3 * 24_000:].any()  # speech ends at 2 s, then silence
 
 
+def test_truncate_fault_speaks_until_max_tokens_cuts_it():
+    with sim_client(truncate_rate=1.0) as (_, client):
+        answer = chat(client, "one two three four five", max_tokens=250).json()
+        assert answer["choices"][0]["finish_reason"] == "length"
+        assert answer["usage"]["completion_tokens"] == 250
+        _, _, samples = read_wav(wav_of(answer))
+        assert len(samples) == 10 * 24_000
+        assert np.abs(samples[-24_000:].astype(np.int32)).max() > 1000  # still speaking at the cut
+        pcm = speech(client, "one two three four five", max_tokens=250).content
+        assert len(pcm) == 2 * 10 * 24_000
+
+
 def test_glued_and_short_header_faults_on_chat():
     with sim_client(glued_wav=True) as (_, client):
         data = wav_of(chat(client, TEN_WORDS).json())

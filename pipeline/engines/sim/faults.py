@@ -1,5 +1,5 @@
-"""One simulated generation: fault draws (errors, hangs, short headers, empty and runaway audio),
-a slot held while 'generating', the audio."""
+"""One simulated generation: fault draws (errors, hangs, short headers, empty, runaway and
+truncated audio), a slot held while 'generating', the audio."""
 
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ async def _generate(
     state.counters.calls_by_text[text_key] = attempt + 1
     rng = random.Random(f"{config.seed_for_faults}:{text_key}:{attempt}")
     # Always draw every fault, in a fixed order, so knobs don't shift each other's draws.
-    error, hang, short_header, empty, runaway = (rng.random() < rate for rate in (
+    error, hang, short_header, empty, runaway, overrun = (rng.random() < rate for rate in (
         config.error_rate, config.hang_rate, config.short_header_rate,
-        config.empty_audio_rate, config.runaway_rate,
+        config.empty_audio_rate, config.runaway_rate, config.truncate_rate,
     ))
     if attempt < config.fail_first or error:
         raise RequestError(config.error_status, "Injected failure (sim engine)")
@@ -57,6 +57,10 @@ async def _generate(
         samples = simaudio.synthesize(
             text, seed=seed, voice=voice, words_per_s=config.words_per_s, temperature=temperature
         )
+        if overrun:
+            # The model never emits <|audio_eos|> and keeps speaking (here: the text again and
+            # again) until max_tokens cuts it: speech up to the cap, no silence to give it away.
+            samples = np.tile(samples, token_limit * simaudio.SAMPLES_PER_TOKEN // len(samples) + 1)
         tokens, finish_reason = simaudio.tokens_for_samples(len(samples)), "stop"
         if runaway or tokens > token_limit:
             # Runaway: the model never emits <|audio_eos|> and pads until max_tokens.
