@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +33,13 @@ def _token_limit(state: _SimState, prompt_tokens: int, max_tokens: int | None) -
 
 
 async def _generate(
-    state: _SimState, *, text: str, seed: int, voice: str, temperature: float, token_limit: int
+    state: _SimState, *, text: str, seed: int, voice: str, temperature: float, token_limit: int,
+    on_piece: Callable[[np.ndarray], Awaitable[None]] | None = None,
 ) -> _Audio:
-    """Count the call, inject faults, hold a slot while 'generating', return the audio."""
+    """Count the call, inject faults, hold a slot while 'generating', return the audio.
+
+    `on_piece` (a stream) is given the audio in the real server's chunks (0.68 s, then 1 s
+    each), each as soon as its tokens are generated; the samples and timing are the same."""
     config = state.config
     text_key = hashlib.sha1(text.encode()).hexdigest()[:12]
     attempt = state.counters.calls_by_text.get(text_key, 0)
@@ -71,7 +76,12 @@ async def _generate(
             tokens, finish_reason = token_limit, "length"
         if empty:
             samples, tokens = None, 1
-        await state.engine.generate(tokens)
+        if on_piece is None or samples is None:
+            await state.engine.generate(tokens)
+        else:
+            for piece in simaudio.speech_chunks(samples):
+                await state.engine.generate(simaudio.tokens_for_samples(len(piece)))
+                await on_piece(piece)
     finally:
         state.slots.release()
 
