@@ -304,8 +304,9 @@ def test_streamed_chat_sends_pcm_deltas_that_join_to_the_plain_answer():
             events = sse_events(cut.iter_lines())
         assert events[-2]["choices"][0]["finish_reason"] == "length" and "usage" not in events[-2]
         assert len(streamed_pcm(events)) == 2 * 50 * 960
-        stats = sim.stats()
-        assert stats["calls"] == stats["completed"] == 3 and stats["aborted"] == stats["errors"] == 0
+        # Counted once the server has sent the end of the body, which may follow [DONE] by a moment.
+        stats = until_sync(lambda: (s := sim.stats())["completed"] == 3 and s, "the three calls are counted")
+        assert stats["calls"] == 3 and stats["aborted"] == stats["errors"] == 0
         assert stats["calls_by_path"] == {"/v1/chat/completions": 3}
         assert stats["audio_tokens_total"] == 2 * 100 + 50
 
