@@ -315,7 +315,7 @@ def test_a_refused_streamed_call_is_an_error_status_not_a_stream():
     with sim_client(fail_first=1) as (sim, client):
         refused = chat(client, TEN_WORDS, stream=True)
         assert refused.status_code == 503 and refused.json()["object"] == "error"
-        assert sim.stats()["errors"] == 1
+        until_sync(lambda: sim.stats()["errors"] == 1, "the refused call is counted as an error")
 
 
 def test_a_client_leaving_mid_stream_is_an_abort_and_frees_the_slot():
