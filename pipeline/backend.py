@@ -49,6 +49,16 @@ def max_tokens_for(text: str, requested: int, words_per_s: float = 2.5) -> int:
     return max(min(MAX_TOKENS_FLOOR, requested), min(requested, bound))
 
 
+# Speech audio this close to the cap's duration stopped on the cap (the endpoint has no finish_reason).
+CAP_TOLERANCE_TOKENS = 2
+
+
+def reaches_token_cap(n_samples: int, sample_rate_hz: int, max_tokens: int) -> bool:
+    """True when audio of `n_samples` is as long as `max_tokens` audio tokens allow (25 a second),
+    within `CAP_TOLERANCE_TOKENS` frames: the generation stopped on its cap, not at the text's end."""
+    return n_samples * AUDIO_TOKENS_PER_S >= (max_tokens - CAP_TOLERANCE_TOKENS) * sample_rate_hz
+
+
 @dataclass
 class BackendAnswer:
     wav: RepairedWav
@@ -57,6 +67,8 @@ class BackendAnswer:
     elapsed_s: float
     finish_reason: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # Set when the generation stopped on its token cap: what says so (never the whole text's speech).
+    truncation: str | None = None
 
 
 # httpcore scans every pooled connection (a getpeername + poll each) for every request, so one
@@ -215,7 +227,9 @@ class HiggsClient:
         is called the moment the server's answer has arrived, before it is decoded.
 
         Raises `BackendRetryable` (connect/timeout/429/5xx), `BackendPermanent` (other 4xx),
-        or `AudioInvalid` (an answer without usable audio).
+        or `AudioInvalid` (an answer without usable audio). An answer that stopped on its
+        `max_tokens` (chat: `finish_reason` "length"; speech, which has no finish_reason: audio
+        as long as the cap allows) comes back with `truncation` set: the caller must not use it.
         """
         server = self._pick()
         server.in_flight += 1
@@ -275,7 +289,8 @@ class HiggsClient:
             if self._load_reference is None:
                 raise BackendPermanent("request has a reference voice but no store to load it from")
             reference_b64 = base64.b64encode(await self._load_reference(request.reference.audio_key)).decode()
-        response = await server.post("/v1/chat/completions", self.chat_payload(request, reference_b64))
+        payload = self.chat_payload(request, reference_b64)
+        response = await server.post("/v1/chat/completions", payload)
         if answered is not None:
             answered()
         _raise_for_status(response, server.url)
@@ -286,8 +301,9 @@ class HiggsClient:
             data_b64 = audio.get("data")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise AudioInvalid(f"model server {server.url} sent an unreadable chat answer: {type(exc).__name__}") from None
+        finish_reason = choice.get("finish_reason")
         if not data_b64:
-            raise AudioInvalid(f"no audio in the answer of {server.url} (finish_reason={choice.get('finish_reason')})")
+            raise AudioInvalid(f"no audio in the answer of {server.url} (finish_reason={finish_reason})")
         try:
             # strict_mode: the same validation as b64decode(validate=True), in C (no regex pass).
             raw = binascii.a2b_base64(data_b64, strict_mode=True)
@@ -295,7 +311,9 @@ class HiggsClient:
             raise AudioInvalid(f"audio from {server.url} is not valid base64") from None
         return BackendAnswer(
             wav=repair_wav(raw), url=server.url, endpoint="chat", elapsed_s=0.0,
-            finish_reason=choice.get("finish_reason"), headers=dict(response.headers),
+            finish_reason=finish_reason, headers=dict(response.headers),
+            truncation=(f"audio truncated: {server.url} stopped at max_tokens ({payload['max_tokens']}) "
+                        "(finish_reason=length)") if finish_reason == "length" else None,
         )
 
     async def _speech(self, server: _Server, request: SynthRequest, answered: Callable[[], None] | None) -> BackendAnswer:
@@ -320,7 +338,11 @@ class HiggsClient:
             raise BackendRetryable(f"model server {server.url} failed mid-stream: {pcm[:200].decode(errors='replace')}")
         if not pcm:
             raise AudioInvalid(f"no audio in the answer of {server.url}")
+        truncation = None
+        if reaches_token_cap(len(pcm) // 2, HIGGS_SAMPLE_RATE_HZ, payload["max_tokens"]):
+            truncation = (f"audio truncated: {server.url} sent {len(pcm) // 2 / HIGGS_SAMPLE_RATE_HZ:.2f} s, "
+                          f"all that max_tokens ({payload['max_tokens']}) allows")
         return BackendAnswer(
             wav=repair_wav(pcm16_to_wav(pcm, HIGGS_SAMPLE_RATE_HZ)), url=server.url, endpoint="speech",
-            elapsed_s=0.0, headers=dict(response.headers),
+            elapsed_s=0.0, headers=dict(response.headers), truncation=truncation,
         )

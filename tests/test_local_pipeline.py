@@ -15,6 +15,8 @@ from pipeline.synthesis.voices import sync_presets
 from pipeline.audio.wer import word_error_rate
 from tests.conftest import sim_stats
 from tests.gateway_fixtures import gateway  # noqa: F401 (fixture)
+from tests.test_synth_pipeline import read_dlq
+from tests.waiting import until
 from tests.test_voices import make_folder
 
 # Three paragraphs of ~150 words with numbers, abbreviations and quotes, one request per sentence.
@@ -108,7 +110,7 @@ async def test_piper_through_the_pipeline_gives_intelligible_24_khz_wavs(harness
         assert word_error_rate(" ".join(text), heard) <= 0.15, heard
 
 
-async def test_runaway_answers_are_retried_then_fail_as_too_long(sims, harness):
+async def test_runaway_answers_are_retried_then_fail_as_truncated_and_too_long(sims, harness):
     sim = sims(runaway_rate=1.0)  # never stops: pads with silence up to max_tokens
     h = await harness(backend_urls=[sim.url], max_deliver=3)
     req = SynthRequest(job_id="runaway", chunk_id="0", text="A short sentence that never seems to end.")
@@ -116,24 +118,68 @@ async def test_runaway_answers_are_retried_then_fail_as_too_long(sims, harness):
         await h.start_worker()
         await publish_synth(h.js, h.names, req, "bulk")
         (outcome,) = await waiter.wait_count(1, timeout_s=60)
-    assert isinstance(outcome, ChunkFailed) and outcome.reason == "max_deliver" and outcome.attempt == 3
+    # It stopped on its cap (finish_reason "length"): truncated, and the check says how it looks.
+    assert isinstance(outcome, ChunkFailed) and outcome.reason == "truncated" and outcome.attempt == 3
     assert "too long" in outcome.error and "silence at the end" in outcome.error
     assert sim_stats(sim)["calls"] == 3
 
 
-async def test_truncated_answers_are_retried_then_fail_as_too_short(sims, harness):
+async def test_answers_cut_by_a_small_max_tokens_fail_as_truncated(sims, harness):
     sim = sims()
     h = await harness(backend_urls=[sim.url], max_deliver=3)
     words = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
-    # A 16-token budget cuts the answer at 0.64 s: far too short for fifteen words.
+    # A 16-token budget cuts the answer at 0.64 s: the stand-in says finish_reason "length".
     req = SynthRequest(job_id="cut", chunk_id="0", text=words, sampling=Sampling(max_tokens=16))
     async with h.waiter("cut") as waiter:
         await h.start_worker()
         await publish_synth(h.js, h.names, req, "bulk")
         (outcome,) = await waiter.wait_count(1, timeout_s=60)
-    assert isinstance(outcome, ChunkFailed) and outcome.reason == "max_deliver"
-    assert "too short" in outcome.error
+    assert isinstance(outcome, ChunkFailed) and outcome.reason == "truncated" and outcome.attempt == 3
+    assert "finish_reason=length" in outcome.error and "too short" in outcome.error
     assert sim_stats(sim)["calls"] == 3
+    assert not await h.store.list_keys("audio/")
+
+
+async def test_a_truncating_model_is_retried_then_fails_as_truncated_and_nothing_is_kept(sims, harness):
+    # The stand-in keeps speaking until max_tokens cuts it: speech up to the cap, no silence, a
+    # duration inside the text's band. Only finish_reason (chat) or the cap's duration (the speech
+    # endpoint, which has no finish_reason) tell it is not the speech of the whole text.
+    sim = sims(truncate_rate=1.0)
+    h = await harness(backend_urls=[sim.url], max_deliver=3)
+    replies: list = []
+    reply_subject = h.names.audio_reply("truncation")
+
+    async def on_reply(msg) -> None:
+        replies.append(msg)
+
+    await h.nc.subscribe(reply_subject, cb=on_reply)
+    text = "A short sentence that never seems to end."
+    reqs = [
+        SynthRequest(job_id="trunc", chunk_id="chat", text=text, reply_to=reply_subject),
+        SynthRequest(job_id="trunc", chunk_id="speech", text=text, voice="belinda", reply_to=reply_subject),
+    ]
+    async with h.waiter("trunc") as waiter:
+        await h.start_worker()
+        for req in reqs:
+            await publish_synth(h.js, h.names, req, "interactive")
+        outcomes = await waiter.wait_for("trunc", ["chat", "speech"], timeout_s=60)
+    for outcome in outcomes.values():
+        assert isinstance(outcome, ChunkFailed) and outcome.reason == "truncated" and outcome.attempt == 3, outcome
+        assert "truncated" in outcome.error
+    assert "finish_reason=length" in outcomes["chat"].error
+    assert "max_tokens" in outcomes["speech"].error
+    stats = sim_stats(sim)
+    assert stats["calls_by_path"] == {"/v1/chat/completions": 3, "/v1/audio/speech": 3}
+
+    async def both_letters():
+        letters = await read_dlq(h)
+        return letters if len(letters) == 2 else None
+
+    letters = await until(both_letters, "both dead letters are stored")
+    assert sorted((d.chunk_id, d.reason, d.attempts) for d in letters) == [
+        ("chat", "truncated", 3), ("speech", "truncated", 3)]
+    assert not await h.store.list_keys("audio/")
+    assert replies == []  # a reply goes out before the done event; none came before the failures
 
 
 async def test_a_tone_fails_the_asr_gate_with_what_was_heard(sims, harness, transcriber):

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import base64
 import io
+import json
 import struct
 import threading
 import time
@@ -244,6 +245,18 @@ def test_runaway_pads_silence_up_to_max_tokens():
         assert not samples[3 * 24_000:].any()  # speech ends at 2 s, then silence
 
 
+def test_truncate_fault_speaks_until_max_tokens_cuts_it():
+    with sim_client(truncate_rate=1.0) as (_, client):
+        answer = chat(client, "one two three four five", max_tokens=250).json()
+        assert answer["choices"][0]["finish_reason"] == "length"
+        assert answer["usage"]["completion_tokens"] == 250
+        _, _, samples = read_wav(wav_of(answer))
+        assert len(samples) == 10 * 24_000
+        assert np.abs(samples[-24_000:].astype(np.int32)).max() > 1000  # still speaking at the cut
+        pcm = speech(client, "one two three four five", max_tokens=250).content
+        assert len(pcm) == 2 * 10 * 24_000
+
+
 def test_glued_and_short_header_faults_on_chat():
     with sim_client(glued_wav=True) as (_, client):
         data = wav_of(chat(client, TEN_WORDS).json())
@@ -252,6 +265,73 @@ def test_glued_and_short_header_faults_on_chat():
         data = wav_of(chat(client, TEN_WORDS).json())
         assert struct.unpack_from("<I", data, 40)[0] == 2 * 16_320
         assert len(data) == 44 + 2 * 4 * 24_000  # all the audio is still there
+
+
+def sse_events(lines) -> list:
+    """The `data:` payloads of an SSE stream: parsed JSON, or the string "[DONE]"."""
+    events = []
+    for line in lines:
+        if line.startswith("data: "):
+            payload = line[len("data: "):]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def streamed_pcm(events: list) -> bytes:
+    return b"".join(base64.b64decode(e["choices"][0]["delta"]["audio"]["data"])
+                    for e in events[:-1] if e["choices"] and "audio" in e["choices"][0]["delta"])
+
+
+def test_streamed_chat_sends_pcm_deltas_that_join_to_the_plain_answer():
+    with sim_client() as (sim, client):
+        plain = chat(client, TEN_WORDS, seed=7, audio={"format": "pcm16"}).json()
+        with client.stream("POST", "/v1/chat/completions", json=chat_body(
+                TEN_WORDS, seed=7, stream=True, stream_options={"include_usage": True})) as answer:
+            assert answer.status_code == 200
+            assert answer.headers["content-type"].startswith("text/event-stream")
+            events = sse_events(answer.iter_lines())
+        assert events[-1] == "[DONE]"
+        chunks = events[:-1]
+        assert {e["object"] for e in chunks} == {"chat.completion.chunk"} and len({e["id"] for e in chunks}) == 1
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        deltas = [e for e in chunks if e["choices"] and "audio" in e["choices"][0]["delta"]]
+        assert len(deltas) == 5  # the real server's schedule: 0.68 s, then 1 s pieces, then the rest
+        assert streamed_pcm(events) == base64.b64decode(plain["choices"][0]["message"]["audio"]["data"])
+        assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+        # Cut by max_tokens, as a plain answer is; without include_usage no usage chunk.
+        with client.stream("POST", "/v1/chat/completions", json=chat_body(TEN_WORDS, stream=True, max_tokens=50)) as cut:
+            events = sse_events(cut.iter_lines())
+        assert events[-2]["choices"][0]["finish_reason"] == "length" and "usage" not in events[-2]
+        assert len(streamed_pcm(events)) == 2 * 50 * 960
+        # Counted once the server has sent the end of the body, which may follow [DONE] by a moment.
+        stats = until_sync(lambda: (s := sim.stats())["completed"] == 3 and s, "the three calls are counted")
+        assert stats["calls"] == 3 and stats["aborted"] == stats["errors"] == 0
+        assert stats["calls_by_path"] == {"/v1/chat/completions": 3}
+        assert stats["audio_tokens_total"] == 2 * 100 + 50
+
+
+def test_a_refused_streamed_call_is_an_error_status_not_a_stream():
+    with sim_client(fail_first=1) as (sim, client):
+        refused = chat(client, TEN_WORDS, stream=True)
+        assert refused.status_code == 503 and refused.json()["object"] == "error"
+        until_sync(lambda: sim.stats()["errors"] == 1, "the refused call is counted as an error")
+
+
+def test_a_client_leaving_mid_stream_is_an_abort_and_frees_the_slot():
+    long_text = " ".join([TEN_WORDS] * 5)  # 20 s of audio: 20 s of generation at 25 tokens/s
+    with sim_client(tokens_per_s=25, slots=1) as (sim, client):
+        with client.stream("POST", "/v1/chat/completions", json=chat_body(long_text, stream=True)) as answer:
+            lines = answer.iter_lines()
+            while '"audio"' not in next(lines):
+                pass
+            # The first delta came while the rest is still being generated, in its slot.
+            stats = sim.stats()
+            assert (stats["active"], stats["completed"], stats["aborted"]) == (1, 0, 0)
+        # Leaving the block closes the connection mid-stream.
+        stats = until_sync(lambda: (s := sim.stats())["aborted"] and s, "the stand-in sees the client leave")
+        assert (stats["calls"], stats["aborted"], stats["completed"], stats["active"]) == (1, 1, 0, 0)
+        assert chat(client, "next").status_code == 200  # the slot is free again
 
 
 def test_disconnected_client_frees_its_slot():

@@ -203,3 +203,37 @@ async def test_an_answer_whose_audio_is_not_base64_is_invalid_audio():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_speech_audio_as_long_as_its_token_cap_allows_stopped_on_the_cap():
+    """The speech endpoint has no finish_reason: audio reaching `max_tokens / 25` s, within two
+    codec frames, is taken as stopped on the cap (truncated); anything shorter is not."""
+    from pipeline.backend import reaches_token_cap
+
+    assert reaches_token_cap(250 * 960, 24000, max_tokens=250)  # exactly 10 s: the cap
+    assert reaches_token_cap(248 * 960, 24000, max_tokens=250)  # two frames short
+    assert not reaches_token_cap(247 * 960, 24000, max_tokens=250)
+    assert not reaches_token_cap(4 * 24000, 24000, max_tokens=250)  # a sentence that ended
+    assert reaches_token_cap(10 * 22050, 22050, max_tokens=250)  # in seconds, whatever the rate
+
+
+async def test_the_client_marks_speech_cut_at_max_tokens_as_truncated(sims):
+    from pipeline.backend import max_tokens_for
+
+    text = "A short sentence that never seems to end."
+    request = SynthRequest(job_id="j", chunk_id="1", text=text, voice="belinda")
+    for knobs, truncated in (({}, False), ({"truncate_rate": 1.0}, True)):
+        settings = Settings(backend_urls=[sims(**knobs).url])
+        async with HiggsClient(settings) as client:
+            answer = await client.synthesize(request)
+        assert answer.endpoint == "speech" and (answer.truncation is not None) == truncated
+    assert f"max_tokens ({max_tokens_for(text, 2048)})" in answer.truncation
+
+
+def test_a_chunk_out_of_deliveries_fails_with_its_errors_own_reason():
+    from pipeline.contracts.errors import AudioInvalid, AudioTruncated
+    from pipeline.contracts.policy import failure_reason
+
+    assert failure_reason("max_deliver", AudioTruncated("cut")) == "truncated"
+    assert failure_reason("max_deliver", AudioInvalid("too long")) == "max_deliver"
+    assert failure_reason("max_age", AudioTruncated("cut")) == "max_age"

@@ -39,6 +39,14 @@ class AudioInvalid(Retryable):
     """The model server answered, but the audio failed a check. A new take may pass."""
 
 
+class AudioTruncated(AudioInvalid):
+    """The model stopped on its token cap (`finish_reason: "length"`, or speech audio as long as
+    the cap): the audio is cut, not the speech of the whole text. Retried like other bad audio;
+    a chunk whose deliveries all ended so fails with `reason`."""
+
+    reason = "truncated"
+
+
 class StartupError(PipelineError):
     """A dependency (NATS, S3, model server) is unreachable or misconfigured at start-up.
 

@@ -21,6 +21,15 @@ def is_last_attempt(attempt: int, max_deliver: int) -> bool:
     return attempt >= max_deliver
 
 
+def failure_reason(delivery_reason: str, error: BaseException) -> str:
+    """The reason a chunk that ran out of deliveries is reported with: the last error's own
+    (`error.reason`, e.g. "truncated") when it names one, else how delivery ended."""
+    own = getattr(error, "reason", None)
+    if delivery_reason == "max_deliver" and isinstance(own, str) and own:
+        return own
+    return delivery_reason
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What to do with a message whose handling failed with a retryable error."""

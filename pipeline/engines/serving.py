@@ -7,26 +7,35 @@ requests with the same statuses and bodies:
 - POST bodies must be `application/json`, else 415 `{"detail": ...}` (FastAPI's shape, as vLLM);
 - an unknown model is 404, a malformed body or an over-length prompt 400, all in vLLM's
   `{"object":"error","message","type","param":null,"code"}` body;
-- sampling fields are checked with vLLM's rules and wording.
+- sampling fields are checked with vLLM's rules and wording;
+- `"stream": true` on chat completions answers Server-Sent Events as the Higgs server does
+  (`chat_stream_response`): a first chunk with the role, `chat.completion.chunk` events whose
+  `delta.audio.data` is base64 headerless PCM16 at 24 kHz mono, a last chunk with
+  `finish_reason`, with `stream_options.include_usage` a chunk with `usage` and no choices, then
+  `data: [DONE]`.
 
 `BackgroundServer` runs any such app under uvicorn in a thread on 127.0.0.1 (tests, benchmarks).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import socket
 import threading
 import time
+import uuid
+from collections.abc import AsyncIterator
 from contextlib import suppress
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Literal
 
 import httpx
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
@@ -89,6 +98,7 @@ class ChatRequest(Sampling):
     model: str | None = None
     messages: list[dict[str, Any]] = Field(min_length=1)
     stream: bool = False
+    stream_options: dict[str, Any] | None = None
     seed: int | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
     audio: dict[str, Any] | None = None
@@ -130,15 +140,74 @@ def check_model(served: str, model: str | None) -> None:
 
 
 def check_chat_audio(req: ChatRequest, formats: tuple[str, ...] = ("wav", "pcm16")) -> str:
-    """The requested chat audio format; 400 for streaming, other formats or non-OpenAI voices."""
-    if req.stream:
-        raise RequestError(400, "Streaming is not supported by this engine.")
+    """The requested chat audio format (a stream's deltas are always PCM16); 400 for other
+    formats or non-OpenAI voices."""
     audio_format = (req.audio or {}).get("format", "wav")
     if audio_format not in formats:
         raise RequestError(400, f"audio.format {audio_format!r} is not supported by this engine.")
     if (req.audio or {}).get("voice", "alloy") not in OPENAI_VOICES:
         raise RequestError(400, f"audio.voice: Input should be one of {', '.join(OPENAI_VOICES)}")
     return audio_format
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The last item of a chat stream's audio: why generation stopped and what it cost."""
+
+    finish_reason: str
+    completion_tokens: int
+
+
+def _sse(body: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def chat_stream_response(model: str, prompt_tokens: int, include_usage: bool,
+                               items: AsyncIterator[bytes | StreamEnd],
+                               headers: dict[str, str] | None = None) -> StreamingResponse:
+    """SSE for a streamed chat completion from `items`: PCM16 (24 kHz mono) pieces, then one
+    `StreamEnd`. Waits for the first item, so an error raised before any audio (a refused or
+    failed call) still becomes an error status; `items` is closed when the client leaves."""
+    try:
+        first = await anext(items)
+    except BaseException:
+        await items.aclose()
+        raise
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    audio_id = f"audio-{uuid.uuid4()}"
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        body: dict[str, Any] = {
+            "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        if include_usage:
+            body["usage"] = None
+        return _sse(body)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            item = first
+            while not isinstance(item, StreamEnd):
+                data = base64.b64encode(item).decode("ascii")
+                yield chunk({"audio": {"id": audio_id, "data": data, "expires_at": 0, "transcript": ""}})
+                item = await anext(items)
+            yield chunk({}, item.finish_reason)
+            if include_usage:
+                yield _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                            "model": model, "choices": [], "usage": {
+                                "prompt_tokens": prompt_tokens, "completion_tokens": item.completion_tokens,
+                                "total_tokens": prompt_tokens + item.completion_tokens}})
+            yield b"data: [DONE]\n\n"
+        finally:
+            await items.aclose()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+
+def include_usage(req: ChatRequest) -> bool:
+    return bool((req.stream_options or {}).get("include_usage"))
 
 
 def token_limit(max_model_len: int, prompt_tokens: int, max_tokens: int | None) -> int:

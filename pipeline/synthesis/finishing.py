@@ -4,9 +4,10 @@ reply to a waiting gateway, storing that survives an S3 hiccup.
 Audio path: the answer is resampled to the canonical 24 kHz mono 16-bit, checked (wrapped or
 clipped samples, duration for the text, runaway silence, truncation), trimmed to a small pad
 and its loudness measured (`audio.checks.check_answer`); a failed check is retried by
-redelivery. With `TTS_VERIFY=asr` the gate transcribes it and asks for new takes with derived
-seeds while the word error rate is too high (up to `verify_max_attempts`), then fails with the
-transcript.
+redelivery. An answer that stopped on its token cap is never used, whatever its audio: it is
+`AudioTruncated` (retried; the chunk finally fails as "truncated"). With `TTS_VERIFY=asr` the
+gate transcribes it and asks for new takes with derived seeds while the word error rate is too
+high (up to `verify_max_attempts`), then fails with the transcript.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from collections.abc import Callable
 
 import structlog
 
-from pipeline.audio.checks import CheckedAudio, check_answer, to_mono_int16
+from pipeline.audio.checks import AudioBounds, CheckedAudio, check_answer, to_mono_int16
 from pipeline.backend import BackendAnswer
-from pipeline.contracts.errors import StoreRetryable
+from pipeline.contracts.errors import AudioInvalid, AudioTruncated, StoreRetryable
 from pipeline.contracts.messages import AudioReply, ChunkDone, SynthRequest
 from pipeline.contracts.policy import backoff_s
 from pipeline.contracts.settings import Settings
@@ -37,6 +38,21 @@ def retake(request: SynthRequest, take: int) -> SynthRequest:
     digest = hashlib.sha256(f"{base}:{take}:{request.text}".encode()).digest()
     seed = int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
     return request.model_copy(update={"sampling": request.sampling.model_copy(update={"seed": seed})})
+
+
+def check_whole(answer: BackendAnswer, text: str, bounds: AudioBounds, measure_loudness: bool = True) -> CheckedAudio:
+    """`check_answer` on the answer's audio, and never an answer that stopped on its token cap:
+    that raises `AudioTruncated`, naming the failed check too when the audio also failed one
+    (a runaway padded with silence up to the cap)."""
+    try:
+        checked = check_answer(to_mono_int16(answer.wav), answer.wav.fmt.sample_rate_hz, text, bounds, measure_loudness)
+    except AudioInvalid as exc:
+        if answer.truncation:
+            raise AudioTruncated(f"{answer.truncation}; {exc}") from None
+        raise
+    if answer.truncation:
+        raise AudioTruncated(answer.truncation)
+    return checked
 
 
 def _load_gate(settings: Settings):
@@ -109,7 +125,8 @@ class AudioFinishing:
                                   answered: Callable[[], None] | None = None,
                                   ) -> tuple[CheckedAudio, BackendAnswer, float | None, int]:
         """Audio for `request` that passed every check, canonical and trimmed: (audio, answer,
-        WER or None, takes). A failed audio check raises `AudioInvalid` (retried by redelivery);
+        WER or None, takes). A failed audio check raises `AudioInvalid` (retried by redelivery),
+        an answer stopped on its token cap `AudioTruncated`;
         with the ASR gate, a take whose WER is too high is followed by one with a new seed, and
         `AsrRejected` (permanent) is raised when `verify_max_attempts` takes all failed.
         `answered` is called when the model's answer arrives (with the gate: never, since
@@ -118,8 +135,7 @@ class AudioFinishing:
         verdict = None
         for take in range(1, takes + 1):
             answer = await self.client.synthesize(retake(request, take), answered if takes == 1 else None)
-            checked = check_answer(to_mono_int16(answer.wav), answer.wav.fmt.sample_rate_hz, request.text, self.bounds,
-                                   measure_loudness)
+            checked = check_whole(answer, request.text, self.bounds, measure_loudness)
             if self.gate is None:
                 return checked, answer, None, take
             verdict = await self.gate.judge(checked.samples, checked.sample_rate_hz, request.text)

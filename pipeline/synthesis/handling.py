@@ -21,6 +21,7 @@ from pipeline import bus
 from pipeline.audio.checks import encode_wav, loudness_lufs
 from pipeline.contracts.errors import Permanent, Retryable, StoreRetryable
 from pipeline.contracts.messages import ChunkDone, ChunkFailed, ChunkTimings, DeadLetter, SynthRequest
+from pipeline.contracts.policy import failure_reason
 from pipeline.contracts.subjects import INVALID_JOB, TOKEN_RE, event_msg_id
 from pipeline.store import audio_key
 from pipeline.synthesis.scheduling import _CallSlot
@@ -195,6 +196,9 @@ class MessageHandling:
                  repaired=repairs or None, wer=wer, takes=takes, engine_note=engine_note)
 
     async def _fail(self, msg: Msg, request: SynthRequest, attempt: int, reason: str, exc: Exception) -> None:
+        # Name what went wrong when the last error says (a truncated answer: "truncated") rather
+        # than only that deliveries ran out.
+        reason = failure_reason(reason, exc)
         error = str(exc)[:2000] or type(exc).__name__
         failed = ChunkFailed(
             job_id=request.job_id, chunk_id=request.chunk_id, reason=reason, error=error, attempt=attempt,

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from pipeline.engines.serving import (
-    CLIENT_GONE_STATUS, ChatRequest, RequestError, SpeechRequest, check_chat_audio, check_model, describe, error_response, estimate_prompt_tokens, models_body, parse, reference_audio, response_for, speech_prompt_tokens, target_text, text_of, token_limit,
+    CLIENT_GONE_STATUS, ChatRequest, RequestError, SpeechRequest, StreamEnd, chat_stream_response, check_chat_audio, check_model, describe, error_response, estimate_prompt_tokens, include_usage, models_body, parse, reference_audio, response_for, speech_prompt_tokens, target_text, text_of, token_limit,
 )
 from pipeline.engines.sim import audio as simaudio
 from pipeline.engines.sim.config import SimConfig
@@ -26,7 +26,8 @@ from pipeline.engines.sim.state import _SimState
 
 
 class _CallCounter:
-    """ASGI middleware counting POST /v1/* calls, in flight until the body is sent."""
+    """ASGI middleware counting POST /v1/* calls, in flight until the body is sent; a call
+    whose body was not sent to its end (a client leaving mid-stream) is aborted."""
 
     def __init__(self, app, state: _SimState) -> None:
         self.app, self.state = app, state
@@ -36,7 +37,7 @@ class _CallCounter:
         if scope["type"] != "http" or scope["method"] != "POST" or not path.startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        state, status = self.state, None
+        state, status, finished = self.state, None, False
         counters = state.counters
         counters.calls += 1
         counters.calls_by_path[path] = counters.calls_by_path.get(path, 0) + 1
@@ -44,10 +45,12 @@ class _CallCounter:
         counters.peak_concurrent = max(counters.peak_concurrent, state.concurrent)
 
         async def send_and_watch(message) -> None:
-            nonlocal status
+            nonlocal status, finished
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
 
         try:
             await self.app(scope, receive, send_and_watch)
@@ -57,7 +60,7 @@ class _CallCounter:
         finally:
             state.concurrent -= 1
             counters = state.counters  # a reset may have swapped them meanwhile
-            if status in (None, CLIENT_GONE_STATUS):
+            if status in (None, CLIENT_GONE_STATUS) or (status < 400 and not finished):
                 counters.aborted += 1
             elif status < 400:
                 counters.completed += 1
@@ -77,10 +80,12 @@ async def _chat_completions(state: _SimState, request: Request) -> Response:
     system = " ".join(text_of(m.get("content")) for m in req.messages if m.get("role") == "system")
     voice = hashlib.sha1((system + reference_audio(req.messages)[:65536]).encode()).hexdigest()
 
-    audio = await _generate(
-        state, text=text, seed=req.seed or 0, voice=voice,
-        temperature=req.temperature, token_limit=token_limit,
-    )
+    generation = dict(text=text, seed=req.seed or 0, voice=voice, temperature=req.temperature,
+                      token_limit=token_limit)
+    if req.stream:
+        return await chat_stream_response(req.model or state.config.model_name, prompt_tokens,
+                                          include_usage(req), _streamed(state, generation))
+    audio = await _generate(state, **generation)
     message: dict[str, Any] = {"role": "assistant", "content": "", "audio": None}
     if audio.samples is not None:
         if audio_format == "pcm16":
@@ -106,6 +111,39 @@ async def _chat_completions(state: _SimState, request: Request) -> Response:
             "total_tokens": prompt_tokens + audio.tokens,
         },
     })
+
+
+async def _streamed(state: _SimState, generation: dict[str, Any]):
+    """The audio of one generation as PCM16 pieces while it is generated, then a `StreamEnd`.
+    Closing it (the client left) cancels the generation and frees its slot."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def piece(samples) -> None:
+        queue.put_nowait(samples.astype("<i2").tobytes())
+
+    async def produce() -> None:
+        try:
+            queue.put_nowait(await _generate(state, on_piece=piece, **generation))
+        except BaseException as exc:  # a refusal, or a shutdown cancelling it: the reader raises it
+            queue.put_nowait(exc)
+            raise
+
+    task = asyncio.ensure_future(produce())
+    state.in_flight.add(task)
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not isinstance(item, bytes):
+                yield StreamEnd(item.finish_reason, item.tokens)
+                return
+            yield item
+    finally:
+        state.in_flight.discard(task)
+        task.cancel()
+        with suppress(BaseException):
+            await task
 
 
 async def _speech(state: _SimState, request: Request) -> Response:

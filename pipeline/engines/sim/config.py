@@ -44,6 +44,10 @@ class SimConfig(BaseModel):
     runaway_rate: float = Field(
         0.0, ge=0, le=1, description="share of answers padded with silence up to max_tokens"
     )
+    truncate_rate: float = Field(
+        0.0, ge=0, le=1,
+        description="share of answers that keep speaking until max_tokens cuts them (finish_reason length)",
+    )
     seed_for_faults: int = Field(0, description="seed of the fault draws")
 
     @property
