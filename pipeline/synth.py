@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from pipeline import bus
 from pipeline.audio.checks import AudioBounds
 from pipeline.backend import HiggsClient
-from pipeline.contracts.messages import BackendStatus, SynthRequest, WorkerHeartbeat
+from pipeline.contracts.messages import BackendStatus, WorkerHeartbeat
 from pipeline.contracts.policy import DeliveryPolicy
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import PRIORITIES, Names
