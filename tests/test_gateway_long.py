@@ -64,7 +64,7 @@ def test_the_plan_keeps_the_first_chunk_short_and_loses_no_word():
 
 
 async def test_a_long_text_is_split_spoken_in_parallel_and_joined_whole(sims, harness, gateway):
-    sim = sims(latency_s=0.5, slots=64)
+    sim = sims(latency_s=1.0, slots=64)
     h, gw, client = await start(harness, gateway, sim)
     async with aclosing(client):
         r = await client.post("/generate", json={"text": LONG_TEXT})
@@ -165,7 +165,9 @@ async def test_the_first_audio_leaves_before_the_last_chunk_is_spoken(sims, harn
 
 
 async def test_a_client_leaving_mid_stream_stops_the_chunks_not_yet_started(sims, harness, gateway):
-    sim = sims(latency_s=1.0, slots=64)
+    # 2 s per call, one at a time: the gateway has seconds to notice the client left before the
+    # worker could take a third chunk, even on a busy machine.
+    sim = sims(latency_s=2.0, slots=64)
     h, gw, client = await start(harness, gateway, sim, max_in_flight=1)
     async with aclosing(client):
         async with client.stream("POST", "/v1/audio/speech", json=STREAMED_PCM) as resp:
@@ -194,7 +196,9 @@ async def queue_empty_now(h) -> bool:
 
 
 async def test_delete_cancels_a_long_request_by_its_id(sims, harness, gateway):
-    sim = sims(latency_s=1.0, slots=64)
+    # 2 s per call, one at a time: the gateway has seconds to notice the client left before the
+    # worker could take a third chunk, even on a busy machine.
+    sim = sims(latency_s=2.0, slots=64)
     h, gw, client = await start(harness, gateway, sim, max_in_flight=1)
     async with aclosing(client):
         answer = asyncio.create_task(client.post("/generate", json={"text": LONG_TEXT},
