@@ -98,5 +98,10 @@ async def stream_speech(gateway: Gateway, ask: Ask, request_id: str, fmt: str, s
             await context.__aexit__(type(outcome) if outcome else None, outcome, None)
 
     media_type = "text/event-stream" if sse else MEDIA_TYPES[fmt]
-    headers = {"X-Chunks": str(len(texts)), "Cache-Control": "no-store"}
+    # The first chunk's time at the worker (in the queue, then the model call with its checks):
+    # what the first byte waited for that was not the gateway's own.
+    timings = first[0].timings
+    headers = {"X-Chunks": str(len(texts)), "Cache-Control": "no-store",
+               "X-First-Chunk-Queued-Time": f"{timings.queued_s:.3f}",
+               "X-First-Chunk-Synth-Time": f"{timings.synth_s:.3f}"}
     return StreamingResponse(body(), media_type=media_type, headers=headers)
