@@ -113,8 +113,8 @@ async def run(args) -> None:
     print(f"a) medians: /generate {m['whole_s']:.1f} s for {m['audio_s']:.1f} s of audio in {m['chunks']:.0f} "
           f"chunks = {m['whole_s'] / m['longest_s']:.2f}x the longest chunk alone ({m['longest_s']:.1f} s; goal "
           f"<= 1.5x); one-shot {m['oneshot_s']:.1f} s for {m['oneshot_audio_s']:.1f} s of audio (truncated)")
-    print(f"b) medians: first byte {m['ttfb_s']:.2f} s at idle = the first chunk's model call in its batch "
-          f"{m['first_in_batch_s']:.2f} s + {(m['ttfb_s'] - m['first_in_batch_s']) * 1000:.0f} ms (goal <= +50 ms); "
+    print(f"b) medians: first byte {m['ttfb_s']:.2f} s at idle; the first chunk's model call in its batch "
+          f"{m['first_in_batch_s']:.2f} s; first byte minus that call {m['ttfb_over_s'] * 1000:.0f} ms (goal <= +50 ms); "
           f"the first chunk alone (batch 1) {m['first_s']:.2f} s; under the bulk job {m['ttfb_bulk_s']:.2f} s = "
           f"{m['ttfb_bulk_s'] / m['ttfb_s']:.2f}x idle (goal <= 2x)")
     print(f"c) medians: cancelled after the first audio: {m['cancel_calls']:.0f} model calls for "
@@ -143,6 +143,7 @@ async def one_round(args, rng, settings, engine, direct, http, rep: int) -> dict
     text = long_text(args.chars, rng)
     row["first_s"], _, _ = await direct_s(direct, plan_texts(text, settings)[0], rep + 1000)
     row["ttfb_s"], row["first_in_batch_s"], end_s = await first_byte_s(http, text)
+    row["ttfb_over_s"] = row["ttfb_s"] - row["first_in_batch_s"]
     bulk = asyncio.create_task(run_bench(settings, BenchOptions(target="bus", requests=BULK_CHUNKS,
                                                                 concurrent=BULK_CHUNKS, texts=TEXTS, timeout_s=3600)))
     full = await wait_engine(engine, lambda st: st["active"] >= args.slots, 60)
