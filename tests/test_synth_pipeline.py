@@ -248,7 +248,8 @@ async def test_bulk_lookahead_starts_the_longest_held_text_first(sims, harness):
     assert all(o.attempt == 1 for o in waiter.order)  # held, kept alive, never redelivered
     await h.stop_workers()
 
-    h2 = await harness(backend_urls=[sim.url], max_in_flight=1)
+    quick = sims(latency_s=0.2, slots=256)
+    h2 = await harness(backend_urls=[quick.url], max_in_flight=1)
     fifo = [SynthRequest(job_id="fifo", chunk_id=str(i), text=r.text.replace("item", "fifo")) for i, r in enumerate(reqs)]
     async with h2.waiter("fifo") as waiter:
         for r in fifo:  # one at a time: the stream keeps this order
@@ -323,9 +324,9 @@ async def test_worker_heartbeat_reports_backend_health(sims, harness):
 
 async def test_idle_worker_starts_an_interactive_request_at_once(sims, harness):
     sim = sims()
-    # A long idle poll: if interactive requests waited behind it, each would take ~20 s. (Not a
+    # A long idle poll: if interactive requests waited behind it, each would take ~6 s. (Not a
     # speed test: "at once" is anything well under the poll, which even a busy machine keeps.)
-    h = await harness(backend_urls=[sim.url], poll_s=20.0)
+    h = await harness(backend_urls=[sim.url], poll_s=6.0)
     async with h.waiter("quick") as waiter:
         worker = await h.start_worker()
 
@@ -338,7 +339,7 @@ async def test_idle_worker_starts_an_interactive_request_at_once(sims, harness):
             started = asyncio.get_running_loop().time()
             await publish_synth(h.js, h.names, req, "interactive")
             await waiter.wait_count(i + 1, timeout_s=60)
-            assert asyncio.get_running_loop().time() - started < 10.0
+            assert asyncio.get_running_loop().time() - started < 3.0
 
 
 async def test_worker_stops_pulling_while_every_backend_is_down(sims, harness):
