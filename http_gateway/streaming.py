@@ -2,8 +2,8 @@
 
 - `pcm`: raw little-endian int16, 24 kHz mono.
 - `wav`: one 44-byte header whose RIFF and data sizes are 0xFFFFFFFF ("unknown": read to the end),
-  then PCM. ffmpeg/ffplay, sox, libsndfile (soundfile), Python's `wave` and browsers read it; a
-  reader that trusts the sizes sees a file longer than what arrived.
+  then PCM. libsndfile (soundfile) reads it to the end; Python's `wave` reads every frame but
+  reports 2**31-1 of them; a reader that trusts the sizes sees a file longer than what arrived.
 - `mp3`: MPEG frames, each chunk encoded on its own; the pieces concatenate to a playable file.
 - SSE (`stream_format: "sse"`, OpenAI's): `speech.audio.delta` events with base64 audio of the
   format, then `speech.audio.done` with usage; a failure after the start is an `error` event.
