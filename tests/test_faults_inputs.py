@@ -8,7 +8,6 @@ import asyncio
 import base64
 import json
 import os
-import time
 
 import pytest
 
@@ -17,6 +16,7 @@ from pipeline.contracts.messages import ChapterSubmit, SynthRequest
 from tests.fault_fixtures import (  # noqa: F401 - fixtures
     PRODUCTION_RETRY, logs_to_this_test, make_requests, observers, report, sim_stats, worker_procs,
 )
+from tests.waiting import until
 
 pytestmark = pytest.mark.faults
 
@@ -99,15 +99,20 @@ async def _garbage_case(settings, observer, worker_procs, kinds: list[str], case
 
     await observer.wait_outcomes("valid", 2, timeout_s=60, procs=worker_procs)
     await observer.wait_outcomes("validbook", 1, timeout_s=60, procs=worker_procs)
-    deadline = time.monotonic() + timeout_s
-    while len(letters := await observer.dead_letters()) < len(sent) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
+
+    async def every_letter() -> list | None:
+        letters = await observer.dead_letters()
+        return letters if len(letters) >= len(sent) else None
+
+    async def chapters_empty() -> bool:
+        return (await observer.js.stream_info(names.chapters_stream)).state.messages == 0
+
+    letters = await until(every_letter, f"{len(sent)} dead letters", timeout_s, every_s=0.2)
     done, failed = await observer.outcomes("valid")
     book_done, _ = await observer.outcomes("validbook")
     # The queues empty as the last acks arrive (each follows its outcome's event).
-    while ((chapters_left := (await observer.js.stream_info(names.chapters_stream)).state.messages)
-           and time.monotonic() < deadline):
-        await asyncio.sleep(0.2)
+    await until(chapters_empty, "the chapter queue is empty", timeout_s, every_s=0.2)
+    chapters_left = 0
     counts = report(case, bad_inputs=len(sent), kinds=kinds, subjects=len(subjects), dead_lettered=len(letters),
                     valid_done=len(done) + len(book_done), synth_queue_left=await observer.wait_queue_empty(),
                     chapter_queue_left=chapters_left)

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import wave
 
 import httpx
@@ -225,13 +224,11 @@ def test_cli_engine_kind_piper_serves_and_stops_on_sigterm(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        def healthy() -> bool:
+            assert proc.poll() is None, proc.stdout.read()
+            return httpx.get(f"{url}/health", timeout=1).status_code == 200
+
+        until_sync(healthy, "the Piper engine answers /health", every_s=0.1, retry_on=(httpx.HTTPError,))
         assert httpx.get(f"{url}/v1/models", timeout=5).json()["data"][0]["id"] == "local-voice"
         answer = httpx.post(f"{url}/v1/audio/speech", timeout=60,
                             json={"model": "local-voice", "input": "Hi.", "voice": "joe", "response_format": "wav"})
