@@ -21,7 +21,8 @@ from collections.abc import AsyncIterator
 import structlog
 
 from pipeline.contracts.messages import ChunkDone, ChunkFailed, SynthRequest
-from pipeline.contracts.subjects import PRIORITY_INTERACTIVE, synth_msg_id
+from pipeline.client import publish_synth_acked
+from pipeline.contracts.subjects import PRIORITY_INTERACTIVE
 
 from http_gateway.errors import GatewayError, GenerationFailed, NoAnswer, Unavailable
 
@@ -54,13 +55,12 @@ class ChunkedSpeech:
         gateway = self.gateway
         js = gateway.link.require_bus()
         gateway.link.require_store()  # the audio lands there: no point synthesising without it
-        subject = gateway.names.synth(PRIORITY_INTERACTIVE)
         timeout_s = gateway.settings.gateway_request_timeout_s
         for index, request in enumerate(self.requests):
             self._futures.append(gateway.router.expect(request.chunk_id))
-            headers = {"Nats-Msg-Id": synth_msg_id(request.job_id, request.chunk_id)}
             try:
-                ack = await asyncio.wait_for(js.publish(subject, request.to_bytes(), headers=headers), timeout_s)
+                ack = await asyncio.wait_for(
+                    publish_synth_acked(js, gateway.names, request, PRIORITY_INTERACTIVE), timeout_s)
             except Exception as exc:  # nats timeouts, no responders, closed connection
                 await self.close()
                 raise Unavailable(f"message bus unavailable: {type(exc).__name__}") from None

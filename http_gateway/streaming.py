@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator
 import structlog
 from fastapi.responses import StreamingResponse
 
+from pipeline.contracts.messages import AUDIO_TOKENS_PER_S
+
 from http_gateway.errors import BadInput, GatewayError, StreamCut
 from http_gateway.formats import MEDIA_TYPES, check_format
 from http_gateway.longform import (
@@ -33,8 +35,6 @@ from http_gateway.longform import (
 from http_gateway.service import Ask, Gateway
 
 log = structlog.get_logger("http_gateway.streaming")
-
-AUDIO_TOKENS_PER_S = 25  # Higgs Audio v2's codec: one token per 40 ms of audio
 
 
 def check_stream_format(fmt: str) -> None:

@@ -26,13 +26,12 @@ import structlog
 
 from pipeline.audio.checks import RepairedWav, pcm16_to_wav, repair_wav
 from pipeline.contracts.errors import AudioInvalid, BackendPermanent, BackendRetryable
-from pipeline.contracts.messages import DEFAULT_REFERENCE_TEXT, SynthRequest
+from pipeline.contracts.messages import AUDIO_TOKENS_PER_S, DEFAULT_REFERENCE_TEXT, SynthRequest
 from pipeline.contracts.settings import Settings
 
 log = structlog.get_logger("pipeline.backend")
 
 STOP_STRINGS = ["<|eot_id|>", "<|end_of_text|>", "<|audio_eos|>"]
-AUDIO_TOKENS_PER_S = 25
 HIGGS_SAMPLE_RATE_HZ = 24000
 # Headroom over the expected speaking time before we call a generation runaway.
 MAX_TOKENS_SPEECH_FACTOR = 2.5

@@ -281,8 +281,12 @@ def delivery_count(msg: Msg) -> int:
         return 1
 
 
+async def publish_acked(js: JetStreamContext, subject: str, payload: bytes, msg_id: str | None = None):
+    """Publish to a stream with its de-duplication id; the server's ack (stream sequence, duplicate)."""
+    headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+    return await js.publish(subject, payload, headers=headers)
+
+
 async def publish_json(js: JetStreamContext, subject: str, payload: bytes, msg_id: str | None = None) -> bool:
     """Publish to a stream; returns False when the server dropped it as a duplicate."""
-    headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-    ack = await js.publish(subject, payload, headers=headers)
-    return not bool(ack.duplicate)
+    return not bool((await publish_acked(js, subject, payload, msg_id)).duplicate)

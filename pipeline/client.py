@@ -24,7 +24,12 @@ Outcome = ChunkDone | ChunkFailed
 
 async def publish_synth(js: JetStreamContext, names: Names, request: SynthRequest, priority: str) -> bool:
     """Publish one request with its de-duplication id; False when the server saw it already."""
-    return await bus.publish_json(
+    return not (await publish_synth_acked(js, names, request, priority)).duplicate
+
+
+async def publish_synth_acked(js: JetStreamContext, names: Names, request: SynthRequest, priority: str):
+    """`publish_synth`, answering the server's ack (its stream sequence names the message)."""
+    return await bus.publish_acked(
         js, names.synth(priority), request.to_bytes(), synth_msg_id(request.job_id, request.chunk_id)
     )
 

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.backend import AUDIO_TOKENS_PER_S
+from pipeline.contracts.messages import AUDIO_TOKENS_PER_S
 from pipeline.bench.load import BenchOptions, Sample
 from pipeline.contracts.errors import StartupError
 from pipeline.contracts.settings import Settings

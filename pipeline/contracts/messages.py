@@ -25,6 +25,7 @@ DEFAULT_SCENE_PROMPT = (
     "<|scene_desc_start|>\nAudio is recorded from a quiet room.\n<|scene_desc_end|>"
 )
 DEFAULT_REFERENCE_TEXT = "Please speak naturally."
+AUDIO_TOKENS_PER_S = 25  # Higgs Audio v2's codec: one audio token per 40 ms of speech
 # Presets configured in the bosonai/higgs-audio-vllm image (reference/higgs-vllm-api.md §5).
 HIGGS_PRESET_VOICES = ("belinda", "broom_salesman", "chadwick", "en_man", "en_woman", "mabel", "vex", "zh_man_sichuan")
 
