@@ -33,6 +33,8 @@ HIGGS_PRESET_VOICES = ("belinda", "broom_salesman", "chadwick", "en_man", "en_wo
 # Ids that become subject tokens and parts of object keys; voice names that become file names.
 Token = Annotated[str, AfterValidator(check_token)]
 VoiceName = Annotated[str, Field(max_length=64), AfterValidator(lambda value: check_token(value, "voice"))]
+# A speaker or character in a cast: "SPEAKER0", "narrator", "Alice"; printable, no brackets.
+SpeakerName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\[\]\x00-\x1f]+$")]
 
 
 class _Message(BaseModel):
@@ -93,6 +95,12 @@ class SynthRequest(_Message):
     # Core-NATS subject of a waiting gateway (`Names.audio_reply`): a fresh answer that fits in
     # one message is also sent there as an `AudioReply`, before it is stored.
     reply_to: str | None = Field(default=None, max_length=256, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    # Who speaks this chunk (a speaker tag's or cast's name: "SPEAKER0", "alice", "narrator");
+    # a record for events and manifests, the voice itself is `voice`/`reference`.
+    speaker: SpeakerName | None = None
+    # The spoken form (pipeline/text/spoken.py): None = the worker's TTS_SPOKEN_FORM, False = send
+    # the text as written (callers who prepared it), True = normalise.
+    normalize: bool | None = None
 
     @field_validator("text")
     @classmethod
@@ -159,6 +167,11 @@ class ChunkDone(_Message):
     # What the model server said about the answer (header X-Engine-Note), e.g. a reference
     # voice it could not clone.
     engine_note: str | None = None
+    # Who spoke it and with which voice (preset/library/built-in name, or "reference").
+    speaker: str | None = None
+    voice: str | None = None
+    # The text as sent to the model when the spoken form changed it (the written text is the record).
+    spoken: str | None = None
 
 
 class AudioReply:
@@ -280,6 +293,13 @@ class ChapterSubmit(_Message):
     system_prompt: str | None = Field(default=None, max_length=10_000)
     sampling: Sampling = Sampling()
     format: AudioFormat = "wav"
+    # Voices by speaker or character (`[SPEAKER0]`, `[voice:alice]`, "dialogue"), and the narrator's
+    # (text outside any tag); every chapter of a job carries the same cast.
+    cast: dict[SpeakerName, VoiceName] | None = None
+    narrator: VoiceName | None = None
+    # Quoted speech spoken by the cast's "dialogue" voice, narration by the narrator.
+    dialogue: bool = False
+    normalize: bool | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChapterSubmit":

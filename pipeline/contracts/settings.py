@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # --- voices and the local engine ---
     voice_presets_dir: str = "voice_presets"
     voice_cache_s: float = Field(default=30.0, ge=0)
+    # Normalise each chunk's text for listening (numbers, currency, footnote markers, ...) before
+    # it reaches the model (pipeline/text/spoken.py); a request's `normalize` overrides it.
+    spoken_form: bool = True
     # What `up`/`demo` start when no backend URL is configured (piper needs the `local` extra).
     local_engine: Literal["piper", "sim"] = "piper"
     engine_threads: int = Field(default=0, ge=0)  # Piper synthesis pool; 0 = one per core
