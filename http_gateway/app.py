@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from pipeline.contracts.settings import Settings
 
-from http_gateway import jobs, ops, routes
+from http_gateway import job_admin, jobs, ops, routes, studio
 from http_gateway.errors import GatewayError
 from http_gateway.middleware import GatewayMiddleware, request_id_of
 from http_gateway.service import Gateway
@@ -27,7 +27,7 @@ log = structlog.get_logger("http_gateway.app")
 DESCRIPTION = """\
 Text to speech over the pipeline's bus. `POST /generate` keeps the original proxy's contract;
 `POST /v1/audio/speech` is OpenAI-compatible; `POST /jobs` takes whole books as chapters, with
-`GET /jobs/{id}` and a progress stream. Every request becomes a synth request on NATS
+`GET /jobs/{id}` and a progress stream; `POST /jobs/upload` takes a book file. The studio page is at `/`. Every request becomes a synth request on NATS
 JetStream; workers call the model servers and store the audio.
 """
 
@@ -52,10 +52,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.gateway = gateway
     app.include_router(routes.router)
     app.include_router(ops.router)
+    app.include_router(job_admin.router)  # before jobs: `/jobs/upload` is not a `/jobs/{id}`
     app.include_router(jobs.router)
+    app.include_router(studio.router)
+    app.mount(studio.STATIC_PREFIX, studio.static, name="static")
     app.add_middleware(
         GatewayMiddleware, api_key=settings.gateway_api_key, max_body_bytes=settings.gateway_max_body_bytes,
-        metrics=gateway.metrics, route_paths=_paths(app, routes.router, ops.router, jobs.router),
+        metrics=gateway.metrics, route_paths=_paths(app, routes.router, ops.router, job_admin.router, jobs.router, studio.router),
     )
 
     @app.exception_handler(GatewayError)

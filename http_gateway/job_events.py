@@ -1,15 +1,21 @@
 """`GET /jobs/{id}/events`: one job's chapter and job events as Server-Sent Events.
 
-Each open stream holds one core-NATS subscription on the job's events for as long as it is open.
-The subscription is made before the job's state is read, so no event between the two is lost
-(one may arrive twice: once inside the state, once as an event). Chunk events share the subject
-space and are dropped here; job progress events (which count chunks) stand in for them.
+Each open stream holds one ordered JetStream consumer on the job's events in the events stream
+for as long as it is open. It starts right after the stream's last sequence, read before the
+job's state, so no event between the two is lost (one may arrive twice: once inside the state,
+once as an event). Chunk events share the subject space and are dropped here; job progress
+events (which count chunks) stand in for them.
 
-What clients can rely on: the first event is `job.state` (the `GET /jobs/{id}` body); then
-`job.progress`, `chapter.done`, `chapter.failed` and `job.done` in the order the assembler
-published them, each `event: <kind>` + `data: <the bus message as JSON>`; a `: keepalive`
-comment every `gateway_sse_heartbeat_s`; the stream ends after `job.done`, or right after
-`job.state` when the job had already finished.
+What clients can rely on: every event has an `id:`, the events stream's sequence number of the
+bus message (for `job.state`, the last sequence when the state was read). Without a
+`Last-Event-ID` header the first event is `job.state` (the `GET /jobs/{id}` body); with one,
+the stream resumes after that id: the events published since are replayed, no `job.state`
+(what a browser's automatic reconnect needs). Then `job.progress`, `chapter.done`,
+`chapter.failed` and `job.done` in the order the assembler published them, each
+`event: <kind>` + `data: <the bus message as JSON>`; a `: keepalive` comment every
+`gateway_sse_heartbeat_s`; the stream ends after `job.done`, or right after `job.state` when
+the job had already finished. A finished job asked with `Last-Event-ID` answers 204, so a
+browser stops reconnecting.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 from collections import deque
 
 import structlog
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 from starlette.responses import StreamingResponse
 
@@ -34,8 +41,15 @@ EVENT_MODELS = {m.model_fields["kind"].default: m for m in (JobProgress, Chapter
 FINAL_KIND = "job.done"
 
 
-def sse(kind: str, data: dict) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+def sse(kind: str, data: dict, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def last_event_id(header: str | None) -> int | None:
+    """The `Last-Event-ID` a client resumes after (a stream sequence), or None."""
+    header = (header or "").strip()
+    return int(header) if header.isdigit() else None
 
 
 class JobFeed:
@@ -51,8 +65,16 @@ class JobFeed:
         self._wake = asyncio.Event()
         self._sub = None
 
-    async def open(self, nc) -> "JobFeed":
-        self._sub = await nc.subscribe(self.names.job_events(self.job_id), cb=self._on_msg)
+    async def open(self, js, after: int | None = None) -> "JobFeed":
+        """Subscribe to the job's events after stream sequence `after` (None: after the last one
+        now). `self.start_seq - 1` is then the id of the state read after this call."""
+        if after is None:
+            info = await js.stream_info(self.names.events_stream)
+            after = info.state.last_seq
+        self.start_seq = after + 1
+        self._sub = await js.subscribe(
+            self.names.job_events(self.job_id), cb=self._on_msg, ordered_consumer=True,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, config=ConsumerConfig(opt_start_seq=self.start_seq))
         self.metrics.event_streams.inc()
         return self
 
@@ -74,14 +96,15 @@ class JobFeed:
         except (ValueError, KeyError, AttributeError, ValidationError):
             log.warning("gateway.bad_job_event", job=self.job_id, subject=msg.subject)
             return
-        if isinstance(event, JobProgress) and self._pending and isinstance(self._pending[-1], JobProgress):
-            self._pending[-1] = event
+        seq = msg.metadata.sequence.stream if msg.metadata else None
+        if isinstance(event, JobProgress) and self._pending and isinstance(self._pending[-1][1], JobProgress):
+            self._pending[-1] = (seq, event)
         else:
-            self._pending.append(event)
+            self._pending.append((seq, event))
         self._wake.set()
 
     async def next(self, timeout_s: float):
-        """The next event, or None when none came within `timeout_s`."""
+        """The next (sequence, event), or None when none came within `timeout_s`."""
         if not self._pending:
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -89,16 +112,18 @@ class JobFeed:
         return self._pending.popleft() if self._pending else None
 
 
-async def event_stream(feed: JobFeed, state: dict, finished: bool, heartbeat_s: float):
-    yield sse("job.state", state)
+async def event_stream(feed: JobFeed, state: dict | None, finished: bool, heartbeat_s: float):
+    if state is not None:
+        yield sse("job.state", state, feed.start_seq - 1)
     if finished:
         return
     while True:
-        event = await feed.next(heartbeat_s)
-        if event is None:
+        item = await feed.next(heartbeat_s)
+        if item is None:
             yield b": keepalive\n\n"
             continue
-        yield sse(event.kind, event.model_dump(mode="json", exclude_none=True))
+        seq, event = item
+        yield sse(event.kind, event.model_dump(mode="json", exclude_none=True), seq)
         if event.kind == FINAL_KIND:
             return
 
@@ -109,7 +134,7 @@ class EventStreamResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, feed: JobFeed, state: dict, finished: bool, heartbeat_s: float):
+    def __init__(self, feed: JobFeed, state: dict | None, finished: bool, heartbeat_s: float):
         super().__init__(event_stream(feed, state, finished, heartbeat_s), media_type=self.media_type,
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.feed = feed

@@ -21,7 +21,7 @@ from pipeline.jobs import api as jobs_api
 
 from http_gateway.errors import BadInput, Conflict, NotFound, TooLarge, Unavailable
 from http_gateway.formats import MEDIA_TYPES, mp3_supported
-from http_gateway.job_events import EventStreamResponse, JobFeed
+from http_gateway.job_events import EventStreamResponse, JobFeed, last_event_id
 from http_gateway.middleware import request_id_of
 from http_gateway.schemas import JobRequest
 from http_gateway.service import Gateway
@@ -109,7 +109,7 @@ async def submit_job(body: JobRequest, request: Request) -> JSONResponse:
     kv = gateway.link.require_jobs()
     _check_payloads(submits, gateway.link.nc.max_payload)
     try:
-        await asyncio.wait_for(jobs_api.register_job(kv, submits), KV_TIMEOUT_S)
+        await asyncio.wait_for(jobs_api.register_job(kv, submits, title=body.title or ""), KV_TIMEOUT_S)
     except jobs_api.JobConflict as exc:
         raise Conflict(str(exc), job_id=job_id) from None
     except Exception as exc:
@@ -135,22 +135,34 @@ async def job_status(job_id: str, request: Request) -> dict:
 
 
 @router.get("/jobs/{job_id}/events", response_class=EventStreamResponse, status_code=200,
-            responses={200: {"content": {"text/event-stream": {}}}})
-async def job_events(job_id: str, request: Request) -> EventStreamResponse:
-    """Server-Sent Events: `job.state` first, then `job.progress`, `chapter.done`, `chapter.failed`
-    and `job.done` as they happen; ends after `job.done` (at once when the job is already done)."""
+            responses={200: {"content": {"text/event-stream": {}}},
+                       204: {"description": "the job is finished and the client resumes (`Last-Event-ID`)"}})
+async def job_events(job_id: str, request: Request) -> Response:
+    """Server-Sent Events, each with an `id:`: `job.state` first, then `job.progress`,
+    `chapter.done`, `chapter.failed` and `job.done` as they happen; ends after `job.done` (at once
+    when the job is already done). With `Last-Event-ID` it resumes after that event without
+    `job.state`, and answers 204 for a finished job. With an API key set, a browser's
+    EventSource (no headers) may pass it as `?key=`."""
     gateway = _gateway(request)
     if not TOKEN_RE.match(job_id):
         raise NotFound(f"Unknown job '{job_id}'")
-    gateway.link.require_bus()
+    js = gateway.link.require_bus()
+    after = last_event_id(request.headers.get("last-event-id"))
     # Subscribe first, then read: an event published in between is not lost.
-    feed = await JobFeed(gateway.names, job_id, gateway.metrics).open(gateway.link.nc)
+    try:
+        feed = await JobFeed(gateway.names, job_id, gateway.metrics).open(js, after)
+    except Exception as exc:
+        raise Unavailable(f"message bus unavailable: {type(exc).__name__}") from None
     try:
         view = await _view(gateway, job_id)
     except BaseException:
         await feed.close()
         raise
-    return EventStreamResponse(feed, _state(view), view.finished, gateway.settings.gateway_sse_heartbeat_s)
+    if after is not None and view.finished:
+        await feed.close()
+        return Response(status_code=204)
+    state = None if after is not None else _state(view)
+    return EventStreamResponse(feed, state, view.finished, gateway.settings.gateway_sse_heartbeat_s)
 
 
 @router.get("/jobs/{job_id}/chapters/{chapter}", response_class=Response,

@@ -1,7 +1,10 @@
 """One ASGI middleware for what every route shares, in this order:
 
 1. `X-Request-Id`: the client's (when it is a sane token) or a new one, on every response.
-2. Bearer-token auth when `gateway_api_key` is set (constant-time compare); `OPEN_PATHS` stay open.
+2. Bearer-token auth when `gateway_api_key` is set (constant-time compare); `OPEN_PATHS` and the
+   studio's static files stay open (the page asks for the key, then sends it on every call); a
+   job's event stream, chapter audio, subtitles and manifest also take the key as `?key=` (a
+   browser's EventSource, `<audio src>` and download links send no headers).
 3. The body size limit, before anything parses the body: `Content-Length` first, then the bytes
    actually received (a chunked upload cannot sneak past it). The body is then replayed to the app.
 4. Request metrics by route template and outcome.
@@ -15,12 +18,16 @@ import re
 import time
 import uuid
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders, QueryParams
 
 from http_gateway.errors import StreamCut
 from http_gateway.metrics import GatewayMetrics
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+                        "/", "/studio"})
+OPEN_PREFIXES = ("/static/",)
+# What a browser loads by URL (EventSource, <audio src>, a download link) cannot carry a header.
+_KEY_IN_QUERY_PATH = re.compile(r"^/jobs/[^/]+/(?:events|manifest|chapters/[0-9]+(?:/subtitles)?)$")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 CLIENT_GONE_STATUS = 499  # nginx's code for a client that closed before the answer; metrics only
@@ -60,7 +67,7 @@ class GatewayMiddleware:
             await send(message)
 
         try:
-            if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
+            if self.api_key and not _open(scope["path"]) and not self._authorized(headers, scope):
                 await _reject(send_with_id, 401, "Missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
                 return
             if scope["method"] in _BODY_METHODS:
@@ -82,9 +89,14 @@ class GatewayMiddleware:
                 route = scope["path"] if scope["path"] in self.route_paths else "unmatched"
             self.metrics.observe_request(route, status, time.perf_counter() - started)
 
-    def _authorized(self, headers: Headers) -> bool:
+    def _authorized(self, headers: Headers, scope) -> bool:
         scheme, _, token = headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key)
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key):
+            return True
+        if scope["method"] == "GET" and _KEY_IN_QUERY_PATH.match(scope["path"]):
+            given = QueryParams(scope.get("query_string", b"").decode("latin-1")).get("key", "")
+            return bool(given) and hmac.compare_digest(given.encode(), self.api_key)
+        return False
 
     async def _read_body(self, headers: Headers, receive) -> tuple[bytes | None, str]:
         limit = self.max_body_bytes
@@ -105,6 +117,10 @@ class GatewayMiddleware:
             parts.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts), ""
+
+
+def _open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def _replay(body: bytes, receive):

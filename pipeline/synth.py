@@ -34,6 +34,7 @@ from pipeline.contracts.messages import BackendStatus, WorkerHeartbeat
 from pipeline.contracts.policy import DeliveryPolicy
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import PRIORITIES, Names
+from pipeline.jobs.control import CancelCheck
 from pipeline.store import Store
 from pipeline.synthesis.adaptive import AdaptiveLimit
 from pipeline.synthesis.finishing import AudioFinishing, _load_gate
@@ -55,6 +56,7 @@ class WorkerStats:
     cached: int = 0
     failed: int = 0
     retried: int = 0
+    cancelled: int = 0  # chunks of cancelled jobs acked without a model call
     in_flight: int = 0
     peak_in_flight: int = 0
     by_priority: dict[str, int] = field(default_factory=lambda: {p: 0 for p in PRIORITIES})
@@ -86,6 +88,7 @@ class SynthWorker(Scheduling, MessageHandling, AudioFinishing):
             max_edge_silence_s=settings.max_edge_silence_s,
         )
         self.voices = VoiceBook(store, settings.voice_cache_s)
+        self.cancels = CancelCheck(lambda: bus.jobs_kv(self.js, self.names))
         self.gate = None  # the ASR gate, loaded by setup() when settings.verify == "asr"
         self._pullers = {
             p: bus.Puller(nc, self.names.synth_stream, self.names.synth_consumer(p)) for p in PRIORITIES

@@ -108,6 +108,8 @@ async def test_two_chapter_job_streams_its_events_and_ends_done(sims, harness, g
         async with client.stream("GET", "/jobs/http-book/events") as again:
             replay = await asyncio.wait_for(read_events(again), 60)
         assert [kind for kind, _ in replay] == ["job.state"] and replay[0][1]["status"] == "done"
+        # A browser reconnecting after it (`Last-Event-ID`) gets 204, which stops its reconnects.
+        assert (await client.get("/jobs/http-book/events", headers={"Last-Event-ID": "1"})).status_code == 204
 
         scrape = (await client.get("/metrics")).text
         assert metric(scrape, "tts_gateway_jobs_submitted_total") == 1
@@ -206,6 +208,7 @@ async def test_event_stream_sends_heartbeats_and_unsubscribes_on_disconnect(harn
                 ).status_code == 202
         async with client.stream("GET", "/jobs/idle/events") as stream:
             lines = stream.aiter_lines()
+            state_id = int((await anext(lines)).removeprefix("id: "))
             assert await anext(lines) == "event: job.state"
             state = json.loads((await anext(lines))[len("data: "):])
             assert state["status"] == "running" and state["chapters"][0]["status"] == "pending"
@@ -221,6 +224,15 @@ async def test_event_stream_sends_heartbeats_and_unsubscribes_on_disconnect(harn
             while not seen or seen[-1] != "event: chapter.failed":
                 seen.append(await asyncio.wait_for(anext(lines), 30))
             assert json.loads((await anext(lines))[len("data: "):])["error"] == "published by the test"
+            failed_id = int(seen[-2].removeprefix("id: "))
+            assert failed_id > state_id
+        # A reconnect after the state (`Last-Event-ID`) gets what it missed, without the state again.
+        async with client.stream("GET", "/jobs/idle/events", headers={"Last-Event-ID": str(state_id)}) as stream:
+            lines = stream.aiter_lines()
+            assert [await anext(lines) for _ in range(2)] == [f"id: {failed_id}", "event: chapter.failed"]
+        # After the last event it got, nothing is replayed: only keepalives until something happens.
+        async with client.stream("GET", "/jobs/idle/events", headers={"Last-Event-ID": str(failed_id)}) as stream:
+            assert await asyncio.wait_for(anext(stream.aiter_lines()), 30) == ": keepalive"
         # The client went away: the gateway drops the subscription.
         async def dropped() -> bool:
             return metric((await client.get("/metrics")).text, "tts_gateway_event_streams") == 0

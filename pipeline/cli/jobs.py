@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from pipeline.contracts.messages import ChapterSubmit
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import MANIFEST_KEY, Names
 from pipeline.jobs import api as jobs_api
-from pipeline.jobs import state as jobs
 
 POLL_S = 0.5
 
@@ -162,25 +160,13 @@ async def fetch(settings: Settings, job_id: str, out: str) -> int:
 
 
 async def retry(settings: Settings, job_id: str) -> int:
-    """Republish the failed chunks of a job (after the cause is fixed)."""
-    names = Names(settings.namespace)
-    count = 0
+    """Republish the failed chunks of a job (after the cause is fixed); a cancelled job resumes."""
+    from pipeline.jobs import control
+
     async with connection(settings, "tts-retry") as (js, store, kv):
-        job = await jobs.read(kv, jobs.job_key(job_id), jobs.JobState)
-        if job is None:
-            raise StartupError(f"no job {job_id!r}")
-        stamp = int(time.time())
-        for chapter in sorted(int(c) for c in job.chapters):
-            state = await jobs.read(kv, jobs.chapter_key(job_id, chapter), jobs.ChapterState)
-            if state is None or not state.failed:
-                continue
-            plan = jobs.ChapterPlan.model_validate_json(await store.get(jobs.plan_key(job_id, chapter)))
-            for chunk in plan.chunks:
-                if str(chunk.index) in state.failed:
-                    request = plan.request(chunk)
-                    # A new de-duplication id: the first publish of this chunk is inside the window.
-                    await bus.publish_json(js, names.synth("bulk"), request.to_bytes(),
-                                           f"retry:{job_id}:{chunk.chunk_id}:{stamp}")
-                    count += 1
+        try:
+            count = await control.retry_job(js, store, kv, Names(settings.namespace), job_id)
+        except control.JobNotFound:
+            raise StartupError(f"no job {job_id!r}") from None
     print(f"job {job_id}: {count} failed chunks republished")
     return 0

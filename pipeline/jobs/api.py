@@ -66,10 +66,14 @@ def default_job_id(name: str) -> str:
 def build_submits(
     chapters: Sequence[ChapterLike], job_id: str, *, voice: str | None = None, fmt: AudioFormat | str = "wav",
     sampling: Sampling | None = None, system_prompt: str | None = None, reference: Reference | None = None,
+    cast: dict[str, str] | None = None, narrator: str | None = None, dialogue: bool = False,
 ) -> list[ChapterSubmit]:
     """One `ChapterSubmit` per chapter, in order; `JobInputError` for anything the bus would refuse."""
     extra = {k: v for k, v in (("sampling", sampling), ("system_prompt", system_prompt),
-                               ("reference", reference)) if v is not None}
+                               ("reference", reference), ("cast", cast or None), ("narrator", narrator))
+             if v is not None}
+    if dialogue:
+        extra["dialogue"] = True
     try:
         return [
             ChapterSubmit(job_id=job_id, chapter=i, total_chapters=len(chapters), title=c.title, text=c.text,
@@ -82,7 +86,7 @@ def build_submits(
         raise JobInputError(f"{where}: {first['msg']}") from None
 
 
-async def register_job(kv, submits: Sequence[ChapterSubmit]) -> jobs.JobState:
+async def register_job(kv, submits: Sequence[ChapterSubmit], title: str = "") -> jobs.JobState:
     """Record the job (every chapter pending, with its title) unless it exists; `JobConflict` when
     it exists with another chapter count. Returns the job's state as stored."""
     first = submits[0]
@@ -95,7 +99,7 @@ async def register_job(kv, submits: Sequence[ChapterSubmit]) -> jobs.JobState:
         # The same shape ingest writes, so that its own update of this key changes nothing.
         return jobs.JobState(job_id=first.job_id, total_chapters=first.total_chapters, format=first.format,
                              chapters={str(s.chapter): "pending" for s in submits},
-                             titles={str(s.chapter): s.title for s in submits})
+                             titles={str(s.chapter): s.title for s in submits}, title=title)
 
     return await jobs.mutate(kv, jobs.job_key(first.job_id), jobs.JobState, change)
 
@@ -118,9 +122,12 @@ class JobView:
 
     @property
     def status(self) -> str:
-        """`done` once the manifest is written; `failed` while a chapter is failed; else `running`."""
+        """`done` once the manifest is written; `cancelled` after a cancel (until a retry);
+        `failed` while a chapter is failed; else `running`."""
         if self.job.finished_at is not None:
             return "done"
+        if self.job.cancelled_at is not None:
+            return "cancelled"
         return "failed" if self.job.chapters_failed else "running"
 
     @property
@@ -151,10 +158,12 @@ class JobView:
             })
         return {
             "job_id": job.job_id,
+            "title": job.title or next((c["title"] for c in chapters if c["title"]), ""),
             "status": self.status,
             "format": job.format,
             "created_at": job.created_at,
             "finished_at": job.finished_at,
+            "cancelled_at": job.cancelled_at,
             "chapters_total": job.total_chapters,
             "chapters_done": job.chapters_done,
             "chapters_failed": job.chapters_failed,

@@ -42,6 +42,10 @@ class JobState(_State):
     chapters: dict[str, ChapterStatus] = Field(default_factory=dict)  # "3" -> status
     titles: dict[str, str] = Field(default_factory=dict)
     manifest_key: str | None = None
+    # The book's title as the submitter named it (the studio's upload form, the file name).
+    title: str = ""
+    # Set by a cancel (`pipeline/jobs/control.py`): workers skip the job's queued chunks; a retry clears it.
+    cancelled_at: float | None = None
 
     @property
     def chapters_done(self) -> int:

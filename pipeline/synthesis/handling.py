@@ -85,6 +85,9 @@ class MessageHandling:
             await self._fail(msg, request, attempt, "max_age",
                              Permanent(f"request is {age_s:.0f} s old (limit {self.policy.max_age_s:.0f} s)"))
             return
+        if priority == "bulk" and await self._skip_cancelled(msg, request):
+            slot.release()
+            return
         keepalive = asyncio.create_task(self._keepalive(msg))
         try:
             await self._process(msg, request, attempt, priority, slot)
@@ -111,6 +114,20 @@ class MessageHandling:
         finally:
             slot.release()
             keepalive.cancel()
+
+    async def _skip_cancelled(self, msg: Msg, request: SynthRequest) -> bool:
+        """A chunk of a cancelled job is acked without a model call and without an event (its
+        chapter stays unfinished; a retry republishes it). On a KV error the chunk is spoken."""
+        try:
+            if not await self.cancels.cancelled(request.job_id):
+                return False
+        except Exception as exc:
+            log.warning("synth.cancel_check_failed", job=request.job_id, error=str(exc)[:200])
+            return False
+        await msg.ack()
+        self.stats.cancelled += 1
+        log.info("synth.cancelled", job=request.job_id, chunk=request.chunk_id)
+        return True
 
     async def _process(self, msg: Msg, request: SynthRequest, attempt: int, priority: str, slot: _CallSlot) -> None:
         started = time.perf_counter()

@@ -1,0 +1,247 @@
+"""Jobs for the studio page and for scripts: `POST /jobs/upload`, `POST /jobs/preview`, `GET /jobs`,
+`DELETE /jobs/{id}` (cancel) and `POST /jobs/{id}/retry`.
+
+An upload is read with the same book readers as `tts-pipeline submit` (.txt, .md, .epub) and
+then takes the `POST /jobs` path: every check before anything is registered, so a bad book, an
+unknown voice or a store that is down leaves no job behind. The list comes from the `tts_jobs`
+bucket, so it shows jobs started from the CLI or straight on the bus too, and survives reloads
+and gateway restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import structlog
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from pipeline.contracts.errors import StorePermanent, StoreRetryable
+from pipeline.contracts.messages import Sampling
+from pipeline.contracts.subjects import MANIFEST_KEY, TOKEN_RE
+from pipeline.jobs import api as jobs_api
+from pipeline.jobs import control
+from pipeline.text.books import read_book
+from pipeline.text.chapters import BookError
+
+from http_gateway.errors import BadInput, Conflict, NotFound, Unavailable
+from http_gateway.jobs import KV_TIMEOUT_S, _check_limits, _check_payloads, _gateway, _state, _urls, _view
+from http_gateway.middleware import request_id_of
+from http_gateway.schemas import JobChapter, JobRequest
+from http_gateway.service import Ask
+
+log = structlog.get_logger("http_gateway.job_admin")
+
+router = APIRouter()
+
+BOOK_SUFFIXES = (".txt", ".md", ".markdown", ".epub")
+PREVIEW_WORDS = 75  # about 30 s of speech
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s|$)")
+
+
+def parse_cast(text: str | None) -> dict[str, str] | None:
+    """`cast` as a JSON object or as `speaker=voice` lines; None when blank; BadInput otherwise."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if text.startswith("{"):
+        try:
+            cast = json.loads(text)
+        except ValueError:
+            raise BadInput("cast: not valid JSON; give {\"speaker\": \"voice\"} or speaker=voice lines") from None
+        if not isinstance(cast, dict) or not all(isinstance(v, str) for v in cast.values()):
+            raise BadInput("cast: give an object of speaker -> voice names")
+        return {str(k).strip(): v.strip() for k, v in cast.items()}
+    cast = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        speaker, sep, voice = line.partition("=")
+        if not sep or not speaker.strip() or not voice.strip():
+            raise BadInput(f"cast: {line.strip()!r} is not speaker=voice")
+        cast[speaker.strip()] = voice.strip()
+    return cast
+
+
+async def read_upload(file: UploadFile) -> list:
+    """The book's chapters, read off the event loop from a temporary copy with the file's suffix."""
+    name = Path(file.filename or "book").name
+    suffix = Path(name).suffix.lower()
+    if suffix not in BOOK_SUFFIXES:
+        raise BadInput(f"{name}: unsupported book format {suffix or '(no suffix)'!r}; use .txt, .md or .epub")
+    data = await file.read()
+    if not data.strip():
+        raise BadInput(f"{name}: the file is empty")
+
+    def read() -> list:
+        with tempfile.TemporaryDirectory(prefix="tts-upload-") as folder:
+            path = Path(folder) / f"book{suffix}"
+            path.write_bytes(data)
+            return read_book(path)
+
+    try:
+        chapters = await asyncio.to_thread(read)
+    except BookError as exc:
+        raise BadInput(str(exc).replace("book" + suffix, name)) from None
+    return chapters
+
+
+def preview_text(text: str, words: int = PREVIEW_WORDS) -> str:
+    """The first ~`words` words, cut after the last sentence end inside them (or at `words`)."""
+    parts = text.split()
+    head = " ".join(parts[:words])
+    if len(parts) <= words:
+        return head
+    ends = list(_SENTENCE_END.finditer(head))
+    return head[:ends[-1].end()] if ends and ends[-1].end() > len(head) // 3 else head
+
+
+@router.post("/jobs/upload", status_code=202)
+async def upload_job(request: Request, file: UploadFile = File(..., description="a .txt, .md or .epub book"),
+                     title: str = Form(""), voice: str = Form(""), format: str = Form("wav"),
+                     cast: str = Form(""), narrator: str = Form(""), dialogue: bool = Form(False),
+                     system_prompt: str = Form(""), temperature: float = Form(1.0)) -> JSONResponse:
+    """Upload a book file (multipart) and submit it as a job, like `POST /jobs` with its chapters.
+    `cast` is a JSON object or `speaker=voice` lines; `dialogue` speaks quotes in the cast's
+    "dialogue" voice."""
+    gateway = _gateway(request)
+    chapters = await read_upload(file)
+    name = Path(file.filename or "book").stem
+    try:
+        body = JobRequest(chapters=[JobChapter(title=c.title, text=c.text) for c in chapters], voice=voice or None,
+                          format=format, title=title or name, system_prompt=system_prompt or None,
+                          temperature=temperature)
+    except ValueError as exc:
+        raise BadInput(f"invalid form: {str(exc).splitlines()[-1] if str(exc) else exc}") from None
+    _check_limits(body)
+    resolved = await gateway.resolve_voice(body.voice)
+    cast_map = parse_cast(cast)
+    if cast_map:
+        cast_map = {speaker: await gateway.resolve_voice(v) for speaker, v in cast_map.items()}
+    narrator_voice = await gateway.resolve_voice(narrator) if narrator.strip() else None
+    job_id = jobs_api.default_job_id(body.title or name)
+    try:
+        submits = jobs_api.build_submits(body.chapters, job_id, voice=resolved, fmt=body.format,
+                                         sampling=body.sampling(), system_prompt=body.system_prompt,
+                                         cast=cast_map, narrator=narrator_voice, dialogue=dialogue)
+    except jobs_api.JobInputError as exc:
+        raise BadInput(str(exc)) from None
+    js = gateway.link.require_bus()
+    kv = gateway.link.require_jobs()
+    _check_payloads(submits, gateway.link.nc.max_payload)
+    try:
+        await asyncio.wait_for(jobs_api.register_job(kv, submits, title=body.title or name), KV_TIMEOUT_S)
+        await jobs_api.publish_chapters(js, gateway.names, submits)
+    except jobs_api.JobConflict as exc:
+        raise Conflict(str(exc), job_id=job_id) from None
+    except Exception as exc:
+        raise Unavailable(f"message bus unavailable: {type(exc).__name__}", job_id=job_id) from None
+    gateway.metrics.jobs_submitted.inc()
+    gateway.metrics.job_chapters_submitted.inc(len(submits))
+    log.info("gateway.book_uploaded", request_id=request_id_of(request.scope), job=job_id, chapters=len(submits),
+             file=file.filename)
+    answer = {"job_id": job_id, "title": body.title or name, "chapters": len(submits), **_urls(job_id)}
+    return JSONResponse(answer, status_code=202, headers={"Location": answer["status_url"]})
+
+
+@router.post("/jobs/preview", response_class=Response, responses={200: {"content": {"audio/wav": {}}}})
+async def preview_job(request: Request, file: UploadFile = File(...), voice: str = Form(""),
+                      system_prompt: str = Form("")) -> Response:
+    """About the first 30 s (~75 words, cut at a sentence end) of the book's first chapter, spoken
+    in the chosen voice as one WAV, before the whole book is submitted."""
+    chapters = await read_upload(file)
+    text = preview_text(chapters[0].text)
+    ask = Ask(text=text, sampling=Sampling(), voice=voice or None, system_prompt=system_prompt or None)
+    spoken = await _gateway(request).generate(ask, request_id_of(request.scope))
+    return Response(spoken.wav, media_type="audio/wav", headers={"X-Preview-Text": text[:200].encode("ascii", "replace").decode()})
+
+
+@router.get("/jobs")
+async def list_jobs(request: Request, limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0)) -> dict:
+    """Every job in the `tts_jobs` bucket (from the gateway, the CLI or the bus), newest first,
+    `limit` from `offset`: the `GET /jobs/{id}` body of each (chapter rows included)."""
+    gateway = _gateway(request)
+    kv = gateway.link.require_jobs()
+    try:
+        states = await asyncio.wait_for(control.list_jobs(kv), KV_TIMEOUT_S)
+        page = states[offset:offset + limit]
+        views = [await asyncio.wait_for(jobs_api.read_job(kv, s.job_id), KV_TIMEOUT_S) for s in page]
+    except Exception as exc:
+        raise Unavailable(f"message bus unavailable: {type(exc).__name__}") from None
+    jobs = [_state(v) for v in views if v is not None]
+    more = offset + limit < len(states)
+    return {"jobs": jobs, "total": len(states), "offset": offset, "limit": limit,
+            "next_offset": offset + limit if more else None}
+
+
+@router.delete("/jobs/{job_id}", status_code=202)
+async def cancel_job(job_id: str, request: Request) -> dict:
+    """Cancel: the job's queued chunks are skipped without a model call; status `cancelled`.
+    A finished job is left as it is. `POST /jobs/{id}/retry` resumes a cancelled job."""
+    gateway = _gateway(request)
+    await _view(gateway, job_id)  # 404 for an unknown job
+    try:
+        await asyncio.wait_for(control.cancel_job(gateway.link.require_jobs(), job_id), KV_TIMEOUT_S)
+    except control.JobNotFound:
+        raise NotFound(f"Unknown job '{job_id}'") from None
+    except Exception as exc:
+        raise Unavailable(f"message bus unavailable: {type(exc).__name__}") from None
+    log.info("gateway.job_cancelled", request_id=request_id_of(request.scope), job=job_id)
+    return _state(await _view(gateway, job_id))
+
+
+@router.post("/jobs/{job_id}/retry", status_code=202)
+async def retry_job(job_id: str, request: Request) -> dict:
+    """Republish the job's failed chunks (as `tts-pipeline retry`); a cancelled job resumes with
+    every chunk not yet done. `republished` counts the synth requests sent."""
+    gateway = _gateway(request)
+    if not TOKEN_RE.match(job_id):
+        raise NotFound(f"Unknown job '{job_id}'")
+    js, kv, store = gateway.link.require_bus(), gateway.link.require_jobs(), gateway.link.require_store()
+    try:
+        count = await control.retry_job(js, store, kv, gateway.names, job_id)
+    except control.JobNotFound:
+        raise NotFound(f"Unknown job '{job_id}'") from None
+    except Exception as exc:
+        raise Unavailable(f"bus or store unavailable: {type(exc).__name__}") from None
+    log.info("gateway.job_retried", request_id=request_id_of(request.scope), job=job_id, republished=count)
+    return {"job_id": job_id, "republished": count, **_urls(job_id)}
+
+
+async def _stored(gateway, key: str, what: str) -> bytes:
+    store = gateway.link.require_store()
+    try:
+        if not await store.exists(key):
+            raise NotFound(f"{what} is not available yet")
+        return await store.get(key)
+    except (StoreRetryable, StorePermanent) as exc:
+        raise Unavailable(f"object store unavailable: {exc}") from None
+
+
+@router.get("/jobs/{job_id}/manifest", responses={200: {"content": {"application/json": {}}}})
+async def job_manifest(job_id: str, request: Request) -> Response:
+    """The finished job's manifest (chapters, files, durations, chunk timings); 404 before."""
+    gateway = _gateway(request)
+    await _view(gateway, job_id)
+    data = await _stored(gateway, MANIFEST_KEY.format(job_id=job_id), f"The manifest of job '{job_id}'")
+    return Response(data, media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="{job_id}-manifest.json"'})
+
+
+@router.get("/jobs/{job_id}/chapters/{chapter}/subtitles", response_class=Response,
+            responses={200: {"content": {"text/vtt": {}}}})
+async def chapter_subtitles(job_id: str, chapter: int, request: Request) -> Response:
+    """The chapter's WebVTT subtitles (one cue per chunk), written with the manifest; 404 before."""
+    gateway = _gateway(request)
+    view = await _view(gateway, job_id)
+    state = next((s for s in view.chapters if s.chapter == chapter), None)
+    if state is None or not state.key:
+        raise NotFound(f"Chapter {chapter} of job '{job_id}' is not available")
+    key = state.key.rsplit(".", 1)[0] + ".vtt"
+    data = await _stored(gateway, key, f"The subtitles of chapter {chapter}")
+    return Response(data, media_type="text/vtt",
+                    headers={"Content-Disposition": f'attachment; filename="{key.rsplit("/", 1)[-1]}"'})
