@@ -4,7 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test up bench clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: install demo test up bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +18,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/tts-pipeline demo
 
-test: $(STAMP)
+# The studio's browser tests drive Debian's chromium (Playwright's own browser download cannot
+# work offline): installed with apt when missing, as root or through sudo.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
+	  echo "$(CHROMIUM) is missing: install Debian's chromium (apt-get install chromium)" >&2; exit 1; fi; \
+	$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+browser: $(CHROMIUM)
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 up: $(STAMP)

@@ -1,0 +1,198 @@
+"""The studio page in a real browser (Debian's chromium through Playwright) against the real
+stack: NATS, SeaweedFS, ingest, synth workers, the assembler, the gateway and the stand-in."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.gateway_fixtures import gateway, wait_for_health  # noqa: F401 (fixtures)
+from tests.studio_fixtures import WAIT_MS, browser, screenshot  # noqa: F401 (fixtures)
+from tests.waiting import queue_empty, until
+
+BOOK = "\n\n".join(
+    f"# {title}\n\n" + " ".join(f"{title} sentence number {i} is spoken by the studio test." for i in range(n))
+    for title, n in (("The Harbour", 6), ("The Lighthouse", 5), ("The Storm", 7)))
+LONG_BOOK = "\n\n".join(
+    f"# Part {p}\n\n" + " ".join(f"Part {p} line {i} keeps the stand-in busy for a while." for i in range(40))
+    for p in range(3))
+
+
+async def start_stack(sims, harness, gateway, *, workers: int = 1, api_key: str = "", **sim_knobs):  # noqa: F811
+    sim = sims(slots=64, **sim_knobs)
+    h = await harness(backend_urls=[sim.url], max_in_flight=4, heartbeat_s=0.5, gateway_api_key=api_key)
+    started = [await h.start_worker(worker_name=f"studio-worker-{i}") for i in range(workers)]
+    await h.start_ingest()
+    await h.start_assembler()
+    gw = gateway(h.settings)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    client = httpx.AsyncClient(base_url=gw.url, timeout=30, trust_env=False, headers=headers)
+    await until(lambda: _ready(client), "the gateway is ready")
+    await wait_for_health(client, "ok")
+    return sim, h, started, gw, client
+
+
+async def _ready(client) -> bool:
+    return (await client.get("/ready")).status_code == 200
+
+
+async def open_page(browser, url: str, view: str = "speak"):  # noqa: F811
+    page = await browser.new_page(viewport={"width": 1000, "height": 900})
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{url}/studio#{view}")
+    return page, errors
+
+
+async def upload(page, name: str, data: bytes, mime: str = "text/markdown") -> None:
+    await page.set_input_files("#book-file", files=[{"name": name, "mimeType": mime, "buffer": data}])
+    await page.click("#submit-button")
+
+
+def rows(page):
+    return page.locator("tr.chapter")
+
+
+async def test_speak_plays_a_sentence(sims, harness, gateway, browser, screenshot):  # noqa: F811
+    sim, h, _, gw, client = await start_stack(sims, harness, gateway)
+    page, errors = await open_page(browser, gw.url)
+    await page.wait_for_function("document.querySelectorAll('#speak-voice option').length > 1")
+    await page.fill("#speak-text", "The studio speaks this sentence.")
+    await page.click("#speak-button")
+    await page.wait_for_function("() => { const a = document.querySelector('#speak-audio');"
+                                 " return a.src && a.duration > 0 && isFinite(a.duration); }")
+    await page.evaluate("document.querySelector('#speak-audio').play()")  # it plays (a rejected promise throws)
+    assert await page.get_attribute("#speak-audio", "aria-label") == "Spoken text"
+    assert await page.is_visible("#speak-download")
+    await screenshot(page, "speak")
+    assert not errors
+    await client.aclose()
+
+
+async def test_book_rows_go_live_to_done_survive_a_reload_and_play(sims, harness, gateway, browser,  # noqa: F811
+                                                                   screenshot):
+    sim, h, _, gw, client = await start_stack(sims, harness, gateway, latency_s=0.3)
+    page, errors = await open_page(browser, gw.url, "books")
+    await page.set_input_files("#book-file", files=[{"name": "harbour.md", "mimeType": "text/markdown",
+                                                     "buffer": BOOK.encode()}])
+    await page.click("#preview-button")
+    await page.wait_for_function("document.querySelector('#preview-audio').duration > 0")
+    await page.fill("#book-title", "Harbour Tales")
+    await page.click("#submit-button")
+    await page.wait_for_function("document.querySelectorAll('tr.chapter').length === 3")
+    job_id = await page.get_attribute("article.job", "data-job")
+    # Mid-job (some chunk done, not all chapters): a reload shows the same job, the same three rows.
+    await page.wait_for_function("[...document.querySelectorAll('tr.chapter .chunks')]"
+                                 ".some(td => /^ [1-9]/.test(td.textContent))")
+    await screenshot(page, "books-running")
+    await page.reload()
+    await page.wait_for_function("document.querySelectorAll('tr.chapter').length === 3")
+    assert await page.locator("article.job").count() == 1
+    await page.wait_for_function("[...document.querySelectorAll('tr.chapter')].every(r => r.dataset.status === 'done')")
+    assert await rows(page).count() == 3 and await page.locator("article.job").count() == 1
+    assert await page.text_content(".job-status") == "done"
+    assert "Harbour Tales" in await page.text_content("article.job h4")
+    durations = await page.eval_on_selector_all("tr.chapter audio", "els => els.map(a => a.duration)")
+    assert len(durations) == 3
+    await page.wait_for_function("[...document.querySelectorAll('tr.chapter audio')].every(a => a.duration > 0)")
+    await page.evaluate("document.querySelector('tr.chapter audio').play()")
+    labels = await page.eval_on_selector_all("tr.chapter audio", "els => els.map(a => a.getAttribute('aria-label'))")
+    assert labels[1] == "Chapter 2: The Lighthouse"
+    async with page.expect_download() as info:
+        await page.locator("tr.chapter a.download").nth(2).click()
+    download = await info.value
+    saved = await download.path()
+    chapter = (await client.get(f"/jobs/{job_id}/chapters/2")).content
+    assert open(saved, "rb").read() == chapter and chapter[:4] == b"RIFF"
+    async with page.expect_download() as info:
+        await page.click("a.manifest")
+    assert b'"chapters"' in open(await (await info.value).path(), "rb").read()
+    await screenshot(page, "books")
+    assert not errors
+    await client.aclose()
+
+
+async def test_cancel_stops_model_calls_and_retry_finishes(sims, harness, gateway, browser):  # noqa: F811
+    sim, h, (worker,), gw, client = await start_stack(sims, harness, gateway, latency_s=0.3)
+    page, errors = await open_page(browser, gw.url, "books")
+    await upload(page, "long.md", LONG_BOOK.encode())
+    await page.wait_for_function("[...document.querySelectorAll('tr.chapter .chunks')]"
+                                 ".some(td => /^ [1-9]/.test(td.textContent))")
+    job_id = await page.get_attribute("article.job", "data-job")
+    await page.click("button.cancel")
+    await page.wait_for_function("document.querySelector('.job-status').textContent === 'cancelled'")
+    # Every queued chunk is taken off the queue without a model call.
+    await until(lambda: queue_empty(h), "the synth queue is drained")
+    status = (await client.get(f"/jobs/{job_id}")).json()
+    assert status["status"] == "cancelled" and status["cancelled_at"]
+    calls = httpx.get(f"{sim.url}/sim/stats").json()["calls"]
+    assert worker.stats.cancelled > 0
+    assert calls < status["chunks_total"]
+    assert calls + worker.stats.cancelled >= status["chunks_total"]
+    listed = (await client.get("/jobs")).json()
+    assert [(j["job_id"], j["status"]) for j in listed["jobs"]] == [(job_id, "cancelled")]
+    # Nothing is queued any more, so the count cannot grow: the page's retry resumes the rest.
+    assert httpx.get(f"{sim.url}/sim/stats").json()["calls"] == calls
+    await page.click("button.retry")
+    await page.wait_for_function("document.querySelector('.job-status').textContent === 'done'")
+    assert (await client.get(f"/jobs/{job_id}")).json()["status"] == "done"
+    assert not errors
+    await client.aclose()
+
+
+async def test_bad_uploads_show_a_message_and_make_no_job(sims, harness, gateway, browser):  # noqa: F811
+    sim, h, _, gw, client = await start_stack(sims, harness, gateway)
+    page, errors = await open_page(browser, gw.url, "books")
+    cases = [("broken.epub", b"PK\x03\x04 this is not a zip archive", "application/epub+zip", "broken.epub"),
+             ("empty.md", b"", "text/markdown", "empty"),
+             ("zeros.txt", bytes(20 * 1024 * 1024), "text/plain", "larger than the limit")]
+    for name, data, mime, words in cases:
+        await page.evaluate("document.querySelector('#alert').hidden = true")
+        await upload(page, name, data, mime)
+        await page.wait_for_selector("#alert:not([hidden])")
+        message = await page.text_content("#alert")
+        assert words in message, (name, message)
+    assert (await client.get("/jobs")).json()["total"] == 0
+    assert await page.locator("article.job").count() == 0
+    # An unknown voice is named on the page too, and still no job.
+    await page.evaluate("const o = new Option('no-such-voice', 'no-such-voice');"
+                        "document.querySelector('#book-voice').append(o); o.selected = true;")
+    await upload(page, "fine.md", BOOK.encode())
+    await page.wait_for_function("document.querySelector('#alert').textContent.includes('no-such-voice')")
+    assert (await client.get("/jobs")).json()["total"] == 0
+    assert not errors
+    await client.aclose()
+
+
+async def test_system_view_shows_a_worker_going_away(sims, harness, gateway, browser, screenshot):  # noqa: F811
+    sim, h, workers, gw, client = await start_stack(sims, harness, gateway, workers=2)
+    page, errors = await open_page(browser, gw.url, "system")
+    await page.wait_for_function("document.querySelector('#sys-summary').textContent.startsWith('2 workers alive')")
+    assert await page.locator("tr.worker").count() == 2
+    assert "healthy" in await page.text_content("tr.worker")
+    await client.post("/generate", json={"text": "Something for the chart."})
+    await page.wait_for_function("document.querySelector('#sys-chart polyline')")
+    await screenshot(page, "system")
+    workers[1].stop()
+    await page.wait_for_function("document.querySelector('#sys-summary').textContent.startsWith('1 worker alive')",
+                                 timeout=WAIT_MS)
+    assert await page.locator("tr.worker").count() == 1
+    assert not errors
+    await client.aclose()
+
+
+async def test_with_an_api_key_the_page_asks_for_it_and_shows_no_data(sims, harness, gateway, browser):  # noqa: F811
+    sim, h, _, gw, client = await start_stack(sims, harness, gateway, api_key="s3cret-key")
+    await client.post("/jobs", json={"job_id": "secret-book", "chapters": [{"title": "Hidden", "text": "Private."}]})
+    page, errors = await open_page(browser, gw.url, "books")
+    await page.wait_for_selector("#key-form:not([hidden])")
+    assert "API key" in await page.text_content("#alert")
+    assert await page.locator("article.job").count() == 0
+    assert await page.locator("#book-voice option").count() <= 1
+    await page.fill("#key-input", "s3cret-key")
+    await page.click("#key-form button")
+    await page.wait_for_selector("article.job[data-job='secret-book']")
+    await page.wait_for_function("document.querySelectorAll('#book-voice option').length > 1")
+    assert await page.is_hidden("#key-form")
+    assert not errors
+    await client.aclose()
