@@ -168,6 +168,7 @@ function fmtTime(s) {
 // Time left: the chapter's chunks still to do at the rate its chunks were done since the job began.
 function timeLeft(job, ch) {
   if (ch.status !== "pending" || !ch.chunks_total || !ch.chunks_done || job.status !== "running") return "";
+  if (ch.chunks_done >= ch.chunks_total) return "assembling";
   const elapsed = Date.now() / 1000 - job.created_at;
   return fmtTime((ch.chunks_total - ch.chunks_done) * elapsed / ch.chunks_done);
 }
@@ -264,16 +265,17 @@ async function loadSystem() {
   $("#q-bulk").textContent = sys.queues.bulk ?? "–";
   $("#q-dlq").textContent = sys.queues.dlq ?? "–";
   const rates = sys.audio_rate.map((p) => p.audio_s_per_s);
-  const top = Math.max(1, ...rates);
+  const peak = Math.max(0, ...rates);
+  const top = Math.max(peak, 0.1);
   const points = rates.map((r, i) => `${(i * 300 / Math.max(1, rates.length - 1)).toFixed(1)},${(78 - r * 74 / top).toFixed(1)}`);
-  $("#sys-chart").replaceChildren();
-  const svg = "http://www.w3.org/2000/svg";
-  const line = document.createElementNS(svg, "polyline");
+  const chart = $("#sys-chart");
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
   line.setAttribute("points", points.join(" "));
-  const label = document.createElementNS(svg, "text");
-  label.setAttribute("x", "4"); label.setAttribute("y", "12"); label.setAttribute("font-size", "9");
-  label.textContent = `peak ${top.toFixed(1)} s/s · now ${(rates[rates.length - 1] || 0).toFixed(1)} s/s`;
-  $("#sys-chart").append(line, label);
+  line.setAttribute("vector-effect", "non-scaling-stroke");
+  chart.replaceChildren(line);
+  chart.dataset.total = rates.reduce((a, b) => a + b, 0).toFixed(3);
+  $("#sys-rate").textContent = `now ${(rates[rates.length - 1] || 0).toFixed(2)} s/s · peak ${peak.toFixed(2)} s/s `
+    + `(${sys.bucket_s} s buckets, oldest left)`;
 }
 
 // --- start ---------------------------------------------------------------------------------
