@@ -3,6 +3,8 @@ stack: NATS, SeaweedFS, ingest, synth workers, the assembler, the gateway and th
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 from tests.gateway_fixtures import gateway, wait_for_health  # noqa: F401 (fixtures)
@@ -17,9 +19,10 @@ LONG_BOOK = "\n\n".join(
     for p in range(3))
 
 
-async def start_stack(sims, harness, gateway, *, workers: int = 1, api_key: str = "", **sim_knobs):  # noqa: F811
+async def start_stack(sims, harness, gateway, *, workers: int = 1, api_key: str = "", max_in_flight: int = 4,  # noqa: F811
+                      **sim_knobs):
     sim = sims(slots=64, **sim_knobs)
-    h = await harness(backend_urls=[sim.url], max_in_flight=4, heartbeat_s=0.5, gateway_api_key=api_key)
+    h = await harness(backend_urls=[sim.url], max_in_flight=max_in_flight, heartbeat_s=0.5, gateway_api_key=api_key)
     started = [await h.start_worker(worker_name=f"studio-worker-{i}") for i in range(workers)]
     await h.start_ingest()
     await h.start_assembler()
@@ -53,6 +56,21 @@ def rows(page):
     return page.locator("tr.chapter")
 
 
+async def pause_worker(h, index: int = 0) -> None:
+    """Stop a harness worker and wait until it has drained: the job then stays where it is."""
+    worker, task = h._workers[index][:2]
+    worker.stop()
+    await asyncio.wait_for(task, 60)
+
+
+def speed_up(sim) -> None:
+    httpx.patch(f"{sim.url}/sim/config", json={"latency_s": 0.0}, timeout=10, trust_env=False).raise_for_status()
+
+
+def sim_calls(sim) -> int:
+    return httpx.get(f"{sim.url}/sim/stats", timeout=10).json()["calls"]
+
+
 async def test_speak_plays_a_sentence(sims, harness, gateway, browser, screenshot):  # noqa: F811
     sim, h, _, gw, client = await start_stack(sims, harness, gateway)
     page, errors = await open_page(browser, gw.url)
@@ -71,7 +89,8 @@ async def test_speak_plays_a_sentence(sims, harness, gateway, browser, screensho
 
 async def test_book_rows_go_live_to_done_survive_a_reload_and_play(sims, harness, gateway, browser,  # noqa: F811
                                                                    screenshot):
-    sim, h, _, gw, client = await start_stack(sims, harness, gateway, latency_s=0.3)
+    # One call at a time, a second each: the page sees the first chunk long before the last.
+    sim, h, _, gw, client = await start_stack(sims, harness, gateway, max_in_flight=1, latency_s=1.0)
     page, errors = await open_page(browser, gw.url, "books")
     await page.set_input_files("#book-file", files=[{"name": "harbour.md", "mimeType": "text/markdown",
                                                      "buffer": BOOK.encode()}])
@@ -81,13 +100,21 @@ async def test_book_rows_go_live_to_done_survive_a_reload_and_play(sims, harness
     await page.click("#submit-button")
     await page.wait_for_function("document.querySelectorAll('tr.chapter').length === 3")
     job_id = await page.get_attribute("article.job", "data-job")
-    # Mid-job (some chunk done, not all chapters): a reload shows the same job, the same three rows.
+    # Mid-job (the worker paused after a chunk): a reload shows the same job, the same three rows,
+    # the same progress; then the job goes on from there.
     await page.wait_for_function("[...document.querySelectorAll('tr.chapter .chunks')]"
                                  ".some(td => /^ [1-9]/.test(td.textContent))")
+    await pause_worker(h)
+    done = (await client.get(f"/jobs/{job_id}")).json()["chunks_done"]
+    assert 0 < done < 7
+    await page.wait_for_function(f"document.querySelector('article.job .muted').textContent.includes(' {done}/7 chunks')")
     await screenshot(page, "books-running")
     await page.reload()
     await page.wait_for_function("document.querySelectorAll('tr.chapter').length === 3")
     assert await page.locator("article.job").count() == 1
+    assert f" {done}/7 chunks" in await page.text_content("article.job .muted")
+    speed_up(sim)
+    await h.start_worker(worker_name="studio-worker-again", max_in_flight=8)
     await page.wait_for_function("[...document.querySelectorAll('tr.chapter')].every(r => r.dataset.status === 'done')")
     assert await rows(page).count() == 3 and await page.locator("article.job").count() == 1
     assert await page.text_content(".job-status") == "done"
@@ -116,29 +143,32 @@ async def test_book_rows_go_live_to_done_survive_a_reload_and_play(sims, harness
 
 
 async def test_cancel_stops_model_calls_and_retry_finishes(sims, harness, gateway, browser):  # noqa: F811
-    sim, h, (worker,), gw, client = await start_stack(sims, harness, gateway, latency_s=0.3)
+    sim, h, _, gw, client = await start_stack(sims, harness, gateway, max_in_flight=1, latency_s=0.3)
     page, errors = await open_page(browser, gw.url, "books")
     await upload(page, "long.md", LONG_BOOK.encode())
     await page.wait_for_function("[...document.querySelectorAll('tr.chapter .chunks')]"
                                  ".some(td => /^ [1-9]/.test(td.textContent))")
     job_id = await page.get_attribute("article.job", "data-job")
+    await pause_worker(h)  # the rest of the job waits on the queue
+    calls = sim_calls(sim)
+    speed_up(sim)
     await page.click("button.cancel")
     await page.wait_for_function("document.querySelector('.job-status').textContent === 'cancelled'")
-    # Every queued chunk is taken off the queue without a model call.
+    # A worker now takes every queued chunk of the job off the queue without a model call.
+    worker = await h.start_worker(worker_name="studio-worker-after-cancel", max_in_flight=8)
     await until(lambda: queue_empty(h), "the synth queue is drained")
     status = (await client.get(f"/jobs/{job_id}")).json()
     assert status["status"] == "cancelled" and status["cancelled_at"]
-    calls = httpx.get(f"{sim.url}/sim/stats").json()["calls"]
-    assert worker.stats.cancelled > 0
-    assert calls < status["chunks_total"]
-    assert calls + worker.stats.cancelled >= status["chunks_total"]
+    assert sim_calls(sim) == calls
+    assert worker.stats.cancelled > 0 and worker.stats.synthesized == 0
+    assert status["chunks_done"] < status["chunks_total"]
     listed = (await client.get("/jobs")).json()
     assert [(j["job_id"], j["status"]) for j in listed["jobs"]] == [(job_id, "cancelled")]
-    # Nothing is queued any more, so the count cannot grow: the page's retry resumes the rest.
-    assert httpx.get(f"{sim.url}/sim/stats").json()["calls"] == calls
+    # Retry resumes it: every chunk not done is spoken, and the job finishes.
     await page.click("button.retry")
     await page.wait_for_function("document.querySelector('.job-status').textContent === 'done'")
     assert (await client.get(f"/jobs/{job_id}")).json()["status"] == "done"
+    assert worker.stats.synthesized == status["chunks_total"] - status["chunks_done"]
     assert not errors
     await client.aclose()
 
