@@ -19,6 +19,7 @@ from pathlib import Path
 import structlog
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 from pipeline.contracts.errors import StorePermanent, StoreRetryable
 from pipeline.contracts.messages import Sampling
@@ -115,8 +116,10 @@ async def upload_job(request: Request, file: UploadFile = File(..., description=
         body = JobRequest(chapters=[JobChapter(title=c.title, text=c.text) for c in chapters], voice=voice or None,
                           format=format, title=title or name, system_prompt=system_prompt or None,
                           temperature=temperature)
-    except ValueError as exc:
-        raise BadInput(f"invalid form: {str(exc).splitlines()[-1] if str(exc) else exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "form"
+        raise BadInput(f"{where}: {first['msg']}") from None
     _check_limits(body)
     resolved = await gateway.resolve_voice(body.voice)
     cast_map = parse_cast(cast)

@@ -101,4 +101,6 @@ async def test_upload_passes_cast_and_lists_jobs_newest_first(sims, harness, gat
         assert bad.status_code == 400 and "unsupported book format" in bad.json()["detail"]
         unknown = await client.post("/jobs/upload", data={"voice": "nobody"}, files={"file": ("b.md", BOOK, "text/markdown")})
         assert unknown.status_code == 404 and "nobody" in json.dumps(unknown.json())
+        wrong = await client.post("/jobs/upload", data={"format": "ogg"}, files={"file": ("b.md", BOOK, "text/markdown")})
+        assert wrong.status_code == 400 and wrong.json()["detail"].startswith("format:")
         assert (await client.get("/jobs")).json()["total"] == 2
