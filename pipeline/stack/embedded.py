@@ -169,6 +169,7 @@ async def run_up(settings: Settings, data_dir: str, engine_latency_s: float, eng
             print(f"  {line}")
         print(f"  engine  {', '.join(settings.backend_urls)}" + (f"  (local: {engine.kind})" if engine else "  (configured)"))
         print(f"  gateway http://{settings.gateway_host}:{settings.gateway_port}")
+        print(f"  studio  http://{settings.gateway_host}:{settings.gateway_port}/  (the web page)")
         print("  workers synth, ingest, assemble, gateway (this process)")
         print(f"  data    {root}")
         sys.stdout.flush()
