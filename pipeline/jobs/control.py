@@ -120,4 +120,8 @@ class CancelCheck:
         seen = self._seen.get(job_id)
         if seen is not None and not seen[1] and time.monotonic() - seen[0] < self.ttl_s:
             return False
-        return await self._read(job_id)
+        try:
+            return await self._read(job_id)
+        except Exception:
+            self._seen[job_id] = (time.monotonic(), False)  # unreadable: spoken; asked again after ttl_s
+            raise
