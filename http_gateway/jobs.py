@@ -129,7 +129,7 @@ async def submit_job(body: JobRequest, request: Request) -> JSONResponse:
 
 @router.get("/jobs/{job_id}")
 async def job_status(job_id: str, request: Request) -> dict:
-    """The job's state from the `tts_jobs` bucket: status (`running`, `failed`, `done`), each
+    """The job's state from the `tts_jobs` bucket: status (`running`, `failed`, `cancelled`, `done`), each
     chapter's chunk counts, failures, duration and file key; `manifest_key` once done."""
     return _state(await _view(_gateway(request), job_id))
 
