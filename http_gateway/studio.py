@@ -43,15 +43,19 @@ class AudioMeter:
     def __init__(self) -> None:
         self.buckets: deque[list[float]] = deque(maxlen=WINDOW_S // BUCKET_S)  # [bucket start, audio s]
         self._sub = None
+        self._nc = None
         self._lock = asyncio.Lock()
 
     async def ensure(self, gateway: Gateway) -> None:
-        if self._sub is not None or not gateway.link.bus_up:
+        """Subscribe once per bus connection (the link makes a new one after losing it)."""
+        nc = gateway.link.nc
+        if not gateway.link.bus_up or (self._sub is not None and self._nc is nc):
             return
         async with self._lock:
-            if self._sub is None:
+            if self._sub is None or self._nc is not nc:
                 with contextlib.suppress(Exception):
-                    self._sub = await gateway.link.nc.subscribe(gateway.names.chunk_done("*"), cb=self._on_msg)
+                    self._sub = await nc.subscribe(gateway.names.chunk_done("*"), cb=self._on_msg)
+                    self._nc = nc
 
     async def _on_msg(self, msg) -> None:
         try:
