@@ -124,7 +124,8 @@ class MessageHandling:
         except Exception as exc:
             log.warning("synth.cancel_check_failed", job=request.job_id, error=str(exc)[:200])
             return False
-        await msg.ack()
+        with contextlib.suppress(Exception):  # not acked: it comes back and is skipped then
+            await msg.ack()
         self.stats.cancelled += 1
         log.info("synth.cancelled", job=request.job_id, chunk=request.chunk_id)
         return True
