@@ -56,11 +56,20 @@ def rows(page):
     return page.locator("tr.chapter")
 
 
-async def pause_worker(h, index: int = 0) -> None:
-    """Stop a harness worker and wait until it has drained: the job then stays where it is."""
-    worker, task = h._workers[index][:2]
+async def pause_worker(h, sim, client, job_id: str, other_calls: int = 0) -> int:
+    """Stop the harness's worker, wait until it has drained and the assembler has recorded every
+    chunk it spoke (one stand-in call each, past `other_calls`): the job then stays where it is.
+    Returns the job's chunks done."""
+    worker, task = h._workers[0][:2]
     worker.stop()
     await asyncio.wait_for(task, 60)
+    calls = sim_calls(sim) - other_calls
+
+    async def recorded() -> int | None:
+        done = (await client.get(f"/jobs/{job_id}")).json()["chunks_done"]
+        return done if done == calls else None
+
+    return await until(recorded, "the assembler has recorded the paused worker's chunks")
 
 
 def speed_up(sim) -> None:
@@ -96,6 +105,7 @@ async def test_book_rows_go_live_to_done_survive_a_reload_and_play(sims, harness
                                                      "buffer": BOOK.encode()}])
     await page.click("#preview-button")
     await page.wait_for_function("document.querySelector('#preview-audio').duration > 0")
+    preview_calls = sim_calls(sim)
     await page.fill("#book-title", "Harbour Tales")
     await page.click("#submit-button")
     await page.wait_for_function("document.querySelectorAll('tr.chapter').length === 3")
@@ -104,8 +114,7 @@ async def test_book_rows_go_live_to_done_survive_a_reload_and_play(sims, harness
     # the same progress; then the job goes on from there.
     await page.wait_for_function("[...document.querySelectorAll('tr.chapter .chunks')]"
                                  ".some(td => /^ [1-9]/.test(td.textContent))")
-    await pause_worker(h)
-    done = (await client.get(f"/jobs/{job_id}")).json()["chunks_done"]
+    done = await pause_worker(h, sim, client, job_id, preview_calls)
     assert 0 < done < 7
     await page.wait_for_function(f"document.querySelector('article.job .muted').textContent.includes(' {done}/7 chunks')")
     await screenshot(page, "books-running")
@@ -149,7 +158,7 @@ async def test_cancel_stops_model_calls_and_retry_finishes(sims, harness, gatewa
     await page.wait_for_function("[...document.querySelectorAll('tr.chapter .chunks')]"
                                  ".some(td => /^ [1-9]/.test(td.textContent))")
     job_id = await page.get_attribute("article.job", "data-job")
-    await pause_worker(h)  # the rest of the job waits on the queue
+    await pause_worker(h, sim, client, job_id)  # the rest of the job waits on the queue
     calls = sim_calls(sim)
     speed_up(sim)
     await page.click("button.cancel")
