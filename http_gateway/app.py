@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from pipeline.contracts.settings import Settings
 
-from http_gateway import jobs, ops, routes
+from http_gateway import jobs, ops, routes, voices
 from http_gateway.errors import GatewayError
 from http_gateway.middleware import GatewayMiddleware, request_id_of
 from http_gateway.service import Gateway
@@ -53,9 +53,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(ops.router)
     app.include_router(jobs.router)
+    app.include_router(voices.router)
     app.add_middleware(
         GatewayMiddleware, api_key=settings.gateway_api_key, max_body_bytes=settings.gateway_max_body_bytes,
-        metrics=gateway.metrics, route_paths=_paths(app, routes.router, ops.router, jobs.router),
+        metrics=gateway.metrics, route_paths=_paths(app, routes.router, ops.router, jobs.router, voices.router),
     )
 
     @app.exception_handler(GatewayError)

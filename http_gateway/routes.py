@@ -105,8 +105,3 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     audio = spoken.wav if fmt == "wav" else await asyncio.to_thread(transcode, spoken.wav, fmt)
     return Response(audio, media_type=MEDIA_TYPES[fmt], headers=_headers(spoken))
 
-
-@router.get("/v1/audio/voices")
-async def voices(request: Request) -> dict:
-    """Preset voice names usable as `voice` (the workers' model servers' presets and the store's)."""
-    return {"voices": sorted(await _gateway(request).observer.voices(refresh=True))}

@@ -95,9 +95,31 @@ async def register_job(kv, submits: Sequence[ChapterSubmit]) -> jobs.JobState:
         # The same shape ingest writes, so that its own update of this key changes nothing.
         return jobs.JobState(job_id=first.job_id, total_chapters=first.total_chapters, format=first.format,
                              chapters={str(s.chapter): "pending" for s in submits},
-                             titles={str(s.chapter): s.title for s in submits})
+                             titles={str(s.chapter): s.title for s in submits}, voices=job_voices(submits))
 
     return await jobs.mutate(kv, jobs.job_key(first.job_id), jobs.JobState, change)
+
+
+def job_voices(submits: Sequence[ChapterSubmit]) -> list[str]:
+    """Every voice name the chapters use: `voice`, `narrator` and the `cast`'s voices."""
+    return sorted({v for s in submits for v in (s.voice, s.narrator, *(s.cast or {}).values()) if v})
+
+
+async def jobs_using_voice(kv, name: str) -> list[str]:
+    """Ids of the jobs not finished (running, or failed and still retryable) that use voice `name`."""
+    try:
+        keys = await kv.keys()
+    except Exception as exc:  # nats-py raises NoKeysError for an empty bucket
+        if type(exc).__name__ == "NoKeysError":
+            return []
+        raise
+    users = []
+    for key in keys:
+        if key.endswith(".job"):
+            state = await jobs.read(kv, key, jobs.JobState)
+            if state is not None and state.finished_at is None and name in state.voices:
+                users.append(state.job_id)
+    return sorted(users)
 
 
 async def publish_chapters(js, names: Names, submits: Iterable[ChapterSubmit]) -> int:

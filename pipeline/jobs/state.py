@@ -42,6 +42,8 @@ class JobState(_State):
     chapters: dict[str, ChapterStatus] = Field(default_factory=dict)  # "3" -> status
     titles: dict[str, str] = Field(default_factory=dict)
     manifest_key: str | None = None
+    # Voice names the job's chapters use (voice, narrator, cast): a voice in use cannot be deleted.
+    voices: list[str] = Field(default_factory=list)
 
     @property
     def chapters_done(self) -> int:
