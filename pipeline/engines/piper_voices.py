@@ -46,7 +46,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("_deep", Fraction(4, 5), Fraction(9, 10), 0.8, "a fifth lower, slower and steadier"),
     Variant("_brisk", Fraction(11, 10), Fraction(6, 5), 1.0, "a little higher and a fifth faster"),
     Variant("_high", Fraction(13, 10), Fraction(21, 20), 1.1, "30% higher, a little faster"),
-    Variant("_higher", Fraction(3, 2), Fraction(1), 1.2, "50% higher, livelier"),
+    Variant("_higher", Fraction(8, 5), Fraction(1), 1.2, "60% higher, livelier"),
 )
 
 # The Higgs image's built-in voices -> a variant's suffix (women higher, men lower or as is).
