@@ -151,13 +151,14 @@ async def test_a_voice_an_unfinished_job_uses_cannot_be_deleted_or_replaced(harn
     h = await harness()
     client = await open_client(gateway(h.settings))
     async with aclosing(client):
-        for name in ("carol", "dave"):
+        for name in ("carol", "dave", "erin"):
             answer = await client.post("/v1/audio/voices", data=form(name), files={"file": ("c.wav", encoded(speech()))})
             assert answer.status_code == 201, answer.text
-        # No ingest runs: the job stays registered and unfinished.
-        job = await client.post("/jobs", json={"job_id": "uses-carol", "voice": "carol",
-                                               "chapters": [{"title": "One", "text": "Carol reads this."}]})
-        assert job.status_code == 202, job.text
+        # No ingest runs: the jobs stay registered and unfinished.
+        for name in ("carol", "dave"):
+            job = await client.post("/jobs", json={"job_id": f"uses-{name}", "voice": name,
+                                                   "chapters": [{"title": "One", "text": "Someone reads this."}]})
+            assert job.status_code == 202, job.text
         kv = await bus.jobs_kv(h.js, h.names)
         state = await jobs.read(kv, jobs.job_key("uses-carol"), jobs.JobState)
         assert state.voices == ["carol"]
@@ -169,7 +170,9 @@ async def test_a_voice_an_unfinished_job_uses_cannot_be_deleted_or_replaced(harn
                                     files={"file": ("c.wav", encoded(speech(seed=2)))})
         assert replace.status_code == 409 and replace.json()["jobs"] == ["uses-carol"]
         assert await h.store.exists("voices/carol.json") and await h.store.exists("voices/carol.wav")
-        assert (await client.delete("/v1/audio/voices/dave")).status_code == 204  # not used
+        assert (await client.delete("/v1/audio/voices/erin")).status_code == 204  # not used
+        assert (await client.delete("/v1/audio/voices/dave")).status_code == 409
+        assert (await client.delete("/v1/audio/voices/dave", params={"force": "true"})).status_code == 204
 
         def finish(s: jobs.JobState | None) -> jobs.JobState:
             return s.model_copy(update={"finished_at": 1.0})
