@@ -29,6 +29,7 @@ from pipeline.contracts.subjects import INVALID_JOB, PRIORITY_BULK, TOKEN_RE, Na
 from pipeline.jobs import cast as casting
 from pipeline.jobs import state as jobs
 from pipeline.store import Store, audio_key
+from pipeline.synthesis.voices import VoiceBook
 from pipeline.text.speakers import split_speakers
 
 log = structlog.get_logger("pipeline.ingest")
@@ -50,6 +51,7 @@ class Ingestor:
         self.js = js
         self.store = store
         self.names = names or Names(settings.namespace)
+        self.voices = VoiceBook(store, settings.voice_cache_s)
 
     def plan(self, submit: ChapterSubmit) -> jobs.ChapterPlan:
         """The chapter's chunks (one speaker each: `pipeline.text.speakers`) with their keys."""
@@ -79,7 +81,7 @@ class Ingestor:
     async def ingest(self, submit: ChapterSubmit) -> int:
         """Plan, record and publish one chapter. Returns the number of chunk requests published."""
         await self.check_cast(submit)
-        plan = self.plan(submit)
+        plan = await self.keyed(self.plan(submit))
         kv = await bus.jobs_kv(self.js, self.names)
 
         def job_change(state: jobs.JobState | None) -> jobs.JobState | None:
@@ -121,6 +123,19 @@ class Ingestor:
         log.info("ingest.chapter", job=submit.job_id, chapter=submit.chapter, chunks=len(requests),
                  chars=len(submit.text))
         return len(requests)
+
+    async def keyed(self, plan: jobs.ChapterPlan) -> jobs.ChapterPlan:
+        """`plan` with the audio keys the worker will compute: a chunk whose voice is a synced preset
+        (or library voice) is keyed by the preset's reference, as the worker resolves it."""
+        chunks = []
+        for chunk in plan.chunks:
+            request = plan.request(chunk)
+            if request.voice:
+                resolved = await self.voices.resolve(request)
+                if resolved is not request:
+                    chunk = chunk.model_copy(update={"key": audio_key(resolved.audio_digest(self.settings.model))})
+            chunks.append(chunk)
+        return plan.model_copy(update={"chunks": chunks})
 
     async def check_cast(self, submit: ChapterSubmit) -> None:
         """`ChapterRejected` ("unknown_voice") when the chapter's cast names a voice nobody has."""

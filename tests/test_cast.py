@@ -1,0 +1,186 @@
+"""Speakers and casts on real servers: the gateway, jobs and ingest with the stand-in, whose
+`calls_log` records which voice (speech endpoint) or reference (chat endpoint) and seed each call used."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from contextlib import aclosing
+
+import httpx
+import numpy as np
+import soundfile as sf
+
+from pipeline import bus
+from pipeline.contracts.messages import ChapterFailed, ChapterSubmit, DeadLetter
+from pipeline.jobs.cast import heartbeat_voices
+from pipeline.jobs.state import job_seed
+from pipeline.synthesis.voices import sync_presets
+from pipeline.text.cast import speaker_seed
+from tests.conftest import sim_stats
+from tests.gateway_fixtures import gateway, wait_for_health  # noqa: F401 (fixture)
+from tests.waiting import queue_empty, until
+
+SCRIPT = ("[SPEAKER0] Did you hear the storm last night? The whole house shook.\n"
+          "[SPEAKER1] I slept right through it, as always.\n"
+          "[SPEAKER0] Lucky you. The old oak by the gate came down.\n"
+          "[SPEAKER1] Then we have firewood for the winter.")
+TURNS = [("SPEAKER0", "Did you hear the storm last night? The whole house shook."),
+         ("SPEAKER1", "I slept right through it, as always."),
+         ("SPEAKER0", "Lucky you. The old oak by the gate came down."),
+         ("SPEAKER1", "Then we have firewood for the winter.")]
+
+
+def key_of(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def calls_by_key(sim) -> dict[str, list[dict]]:
+    calls: dict[str, list[dict]] = {}
+    for call in sim_stats(sim)["calls_log"]:
+        calls.setdefault(call["text"], []).append(call)
+    return calls
+
+
+async def start(harness, gateway, sim, jobs: bool = False):
+    h = await harness(backend_urls=[sim.url], heartbeat_s=0.2)
+    await h.start_worker(max_in_flight=16)
+    if jobs:
+        await h.start_ingest()
+        await h.start_assembler()
+    gw = gateway(h.settings)
+    client = httpx.AsyncClient(base_url=gw.url, timeout=60, trust_env=False)
+    await wait_for_health(client, "ok")
+
+    async def voices_known() -> bool:  # the workers' heartbeats carry the model server's presets
+        return "en_man" in (await client.get("/v1/audio/voices")).json()["voices"]
+
+    await until(voices_known, "the gateway lists the model server's voices")
+    return h, gw, client
+
+
+async def test_a_two_speaker_script_speaks_each_turn_with_its_speakers_voice(sims, harness, gateway):
+    sim = sims(slots=32)
+    h, gw, client = await start(harness, gateway, sim)
+    async with aclosing(client):
+        r = await client.post("/generate", json={"text": SCRIPT, "cast": {"SPEAKER0": "en_woman", "SPEAKER1": "en_man"}})
+        assert r.status_code == 200, r.text
+        assert int(r.headers["X-Chunks"]) == len(TURNS)
+        calls = calls_by_key(sim)
+        # Every turn reached the model once, without its tag, with its speaker's voice.
+        assert sorted(calls) == sorted(key_of(text) for _, text in TURNS)
+        voice = {"SPEAKER0": "en_woman", "SPEAKER1": "en_man"}
+        for speaker, text in TURNS:
+            assert [(c["endpoint"], c["voice"]) for c in calls[key_of(text)]] == [("speech", voice[speaker])], text
+        # The same through the OpenAI route, with a [voice:name] tag naming a voice directly.
+        r = await client.post("/v1/audio/speech", json={
+            "model": "tts-1", "voice": "alloy", "response_format": "wav",
+            "input": "The narrator speaks first. [voice:belinda] And Belinda answers.", "narrator": "vex"})
+        assert r.status_code == 200, r.text
+        calls = calls_by_key(sim)
+        assert [c["voice"] for c in calls[key_of("The narrator speaks first.")]] == ["vex"]
+        assert [c["voice"] for c in calls[key_of("And Belinda answers.")]] == ["belinda"]
+
+
+async def test_an_unknown_voice_or_a_speaker_without_one_is_refused_before_anything_is_queued(
+        sims, harness, gateway):
+    sim = sims(slots=32)
+    h, gw, client = await start(harness, gateway, sim)
+    async with aclosing(client):
+        r = await client.post("/generate", json={"text": SCRIPT, "cast": {"SPEAKER0": "en_woman", "SPEAKER1": "ghost"}})
+        assert r.status_code == 404 and "'ghost'" in r.json()["detail"], r.text
+        r = await client.post("/generate", json={"text": "[voice:nobody] Hello there."})
+        assert r.status_code == 404 and "'nobody'" in r.json()["detail"], r.text
+        r = await client.post("/generate", json={"text": SCRIPT, "cast": {"SPEAKER0": "en_woman"}})
+        assert r.status_code == 400 and "[SPEAKER1]" in r.json()["detail"], r.text
+        r = await client.post("/jobs", json={"job_id": "castless", "chapters": [{"text": SCRIPT}],
+                                             "cast": {"SPEAKER0": "en_woman", "SPEAKER1": "en_man"},
+                                             "narrator": "ghost"})
+        assert r.status_code == 404 and "'ghost'" in r.json()["detail"], r.text
+        r = await client.post("/jobs", json={"job_id": "castless", "dialogue": True,
+                                             "chapters": [{"text": '"Hello," she said.'}]})
+        assert r.status_code == 400 and "dialogue" in r.json()["detail"], r.text
+        assert (await client.get("/jobs/castless")).status_code == 404  # nothing registered
+        assert sim_stats(sim)["calls"] == 0 and await queue_empty(h)
+
+
+def chapter(n: int) -> str:
+    return (f"Chapter {n} began on a grey morning.\n\n"
+            f"[voice:alice] Where is the map, Bob? I left it here in chapter {n}.\n\n"
+            f"[voice:bob] I have not seen it since chapter {n - 1 if n else 'nine'}.\n\n"
+            f"[voice:carol] You two always lose everything by chapter {n + 1}.\n\n"
+            "They searched the house until the light was gone.")
+
+
+async def test_a_three_character_job_keeps_each_voice_and_seed_and_names_the_speakers(
+        sims, harness, gateway, tmp_path):
+    sim = sims(slots=32)
+    h, gw, client = await start(harness, gateway, sim, jobs=True)
+    # alice is a cloned voice (a synced preset: the chat endpoint with its reference and a seed);
+    # bob and carol are the model server's built-ins (the speech endpoint, by name).
+    t = np.arange(int(2.0 * 24000)) / 24000
+    sf.write(tmp_path / "alice_ref.wav", (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype(np.int16), 24000)
+    (tmp_path / "alice_ref.txt").write_text("A reference voice for Alice.")
+    [preset] = await sync_presets(h.store, tmp_path)
+    cast = {"alice": "alice_ref", "bob": "en_man", "carol": "belinda"}
+    async with aclosing(client):
+        r = await client.post("/jobs", json={"job_id": "castbook", "cast": cast, "narrator": "en_woman",
+                                             "chapters": [{"title": "One", "text": chapter(1)},
+                                                          {"title": "Two", "text": chapter(2)}]})
+        assert r.status_code == 202, r.text
+
+        async def finished() -> dict | None:
+            state = (await client.get("/jobs/castbook")).json()
+            assert state["status"] != "failed", state
+            return state if state["status"] == "done" else None
+
+        await until(finished, "job castbook is done", 120)
+    manifest = json.loads(await h.store.get("jobs/castbook/manifest.json"))
+    assert manifest["cast"] == cast and manifest["narrator"] == "en_woman"
+    calls = calls_by_key(sim)
+    seed = job_seed("castbook")
+    expected_voice = {None: "en_woman", **cast}
+    by_speaker: dict[str | None, set] = {}
+    for entry in manifest["chapters"]:
+        speakers = [c["speaker"] for c in entry["chunks"]]
+        assert speakers == [None, "alice", "bob", "carol", None], speakers
+        assert [c["voice"] for c in entry["chunks"]] == [expected_voice[s] for s in speakers]
+        assert not any("[voice:" in c["text"] for c in entry["chunks"])
+        vtt = (await h.store.get(entry["subtitles_key"])).decode()
+        for name in ("alice", "bob", "carol"):
+            assert f"<v {name}>" in vtt, vtt
+        for chunk in entry["chunks"]:
+            [call] = calls[key_of(chunk["text"])]  # each chunk's one model call, tag-free
+            by_speaker.setdefault(chunk["speaker"], set()).add(
+                (call["endpoint"], call["voice"], call["reference_sha256"], call["seed"]))
+    # The same voice, reference and seed for a character in both chapters.
+    assert by_speaker["alice"] == {("chat", None, preset.audio_sha256, speaker_seed(seed, "alice"))}
+    assert by_speaker["bob"] == {("speech", "en_man", None, None)}
+    assert by_speaker["carol"] == {("speech", "belinda", None, None)}
+    assert by_speaker[None] == {("speech", "en_woman", None, None)}
+
+
+async def test_a_chapter_on_the_bus_with_an_unknown_voice_fails_with_a_dead_letter(sims, harness):
+    sim = sims(slots=8)
+    h = await harness(backend_urls=[sim.url], heartbeat_s=0.2)
+    await h.start_worker()
+    await h.start_ingest()
+    # Ingest knows the model servers' voices from the workers' heartbeats.
+    await until(lambda: heartbeat_voices(h.js, h.names), "a worker heartbeat with voices")
+    failed: list[ChapterFailed] = []
+
+    async def on_failed(msg) -> None:
+        failed.append(ChapterFailed.from_bytes(msg.data))
+
+    sub = await h.nc.subscribe(h.names.chapter_failed("ghostbook"), cb=on_failed)
+    submit = ChapterSubmit(job_id="ghostbook", chapter=0, total_chapters=1, title="Ghost",
+                           text="[voice:alice] Boo.", cast={"alice": "ghost"})
+    await bus.publish_json(h.js, h.names.chapters_submit, submit.to_bytes(), "chapter:ghostbook:0")
+    await until(lambda: failed, "chapter.failed for ghostbook", 60)
+    await sub.unsubscribe()
+    assert failed[0].reason == "unknown_voice" and "'ghost'" in failed[0].error
+    info = await h.js.stream_info(h.names.dlq_stream)
+    letter = DeadLetter.from_bytes((await h.js.get_msg(h.names.dlq_stream, info.state.last_seq)).data)
+    assert letter.reason == "unknown_voice" and letter.job_id == "ghostbook" and "'ghost'" in letter.error
+    assert sim_stats(sim)["calls"] == 0 and await queue_empty(h)
