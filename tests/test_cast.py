@@ -19,7 +19,10 @@ from pipeline.jobs.state import job_seed
 from pipeline.synthesis.voices import sync_presets
 from pipeline.text.cast import speaker_seed
 from tests.conftest import sim_stats
+from pipeline.audio.checks import decode_wav
+from pipeline.audio.wer import word_error_rate
 from tests.gateway_fixtures import gateway, wait_for_health  # noqa: F401 (fixture)
+from tests.test_local_pipeline import piper, transcriber  # noqa: F401 (fixtures)
 from tests.waiting import queue_empty, until
 
 SCRIPT = ("[SPEAKER0] Did you hear the storm last night? The whole house shook.\n"
@@ -43,7 +46,7 @@ def calls_by_key(sim) -> dict[str, list[dict]]:
     return calls
 
 
-async def start(harness, gateway, sim, jobs: bool = False):
+async def start(harness, gateway, sim, jobs: bool = False, voice: str = "en_man"):
     h = await harness(backend_urls=[sim.url], heartbeat_s=0.2)
     await h.start_worker(max_in_flight=16)
     if jobs:
@@ -54,7 +57,7 @@ async def start(harness, gateway, sim, jobs: bool = False):
     await wait_for_health(client, "ok")
 
     async def voices_known() -> bool:  # the workers' heartbeats carry the model server's presets
-        return "en_man" in (await client.get("/v1/audio/voices")).json()["voices"]
+        return voice in (await client.get("/v1/audio/voices")).json()["voices"]
 
     await until(voices_known, "the gateway lists the model server's voices")
     return h, gw, client
@@ -184,3 +187,21 @@ async def test_a_chapter_on_the_bus_with_an_unknown_voice_fails_with_a_dead_lett
     letter = DeadLetter.from_bytes((await h.js.get_msg(h.names.dlq_stream, info.state.last_seq)).data)
     assert letter.reason == "unknown_voice" and letter.job_id == "ghostbook" and "'ghost'" in letter.error
     assert sim_stats(sim)["calls"] == 0 and await queue_empty(h)
+
+
+async def test_the_tags_are_not_spoken_on_the_piper_engine(harness, gateway, piper, transcriber):
+    """A two-speaker script in real speech: the recogniser hears the turns and never the tags.
+    (Today the Piper engine speaks every voice name with its one voice; once it has distinct
+    voices, the same request can compare the speakers' pitch.)"""
+    h, gw, client = await start(harness, gateway, piper)
+    async with aclosing(client):
+        r = await client.post("/generate", json={"text": SCRIPT, "cast": {"SPEAKER0": "en_woman", "SPEAKER1": "en_man"}},
+                              timeout=240)
+    assert r.status_code == 200, r.text
+    assert int(r.headers["X-Chunks"]) == len(TURNS)
+    samples, rate = decode_wav(r.content)
+    heard = transcriber.transcribe_blocking(samples, rate)
+    spoken = " ".join(text for _, text in TURNS)
+    print(f"heard: {heard}")
+    assert word_error_rate(spoken, heard) <= 0.25, heard
+    assert "speaker" not in heard.lower() and "voice" not in heard.lower(), heard
