@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import io
 import json
 from contextlib import aclosing
 
@@ -14,6 +14,7 @@ import soundfile as sf
 
 from pipeline import bus
 from pipeline.contracts.messages import ChapterFailed, ChapterSubmit, DeadLetter
+from pipeline.jobs.api import read_job
 from pipeline.jobs.cast import heartbeat_voices
 from pipeline.jobs.state import job_seed
 from pipeline.synthesis.voices import sync_presets
@@ -22,6 +23,7 @@ from tests.conftest import sim_stats
 from pipeline.audio.checks import decode_wav
 from pipeline.audio.wer import word_error_rate
 from tests.gateway_fixtures import gateway, wait_for_health  # noqa: F401 (fixture)
+from tests.test_cli import assert_one_line_error, env_for, run_cli
 from tests.test_local_pipeline import piper, transcriber  # noqa: F401 (fixtures)
 from tests.waiting import queue_empty, until
 
@@ -205,3 +207,56 @@ async def test_the_tags_are_not_spoken_on_the_piper_engine(harness, gateway, pip
     print(f"heard: {heard}")
     assert word_error_rate(spoken, heard) <= 0.25, heard
     assert "speaker" not in heard.lower() and "voice" not in heard.lower(), heard
+
+
+async def test_submit_refuses_an_unknown_cast_voice_in_one_line_and_queues_nothing(sims, harness, tmp_path):
+    sim = sims(slots=8)
+    h = await harness(backend_urls=[sim.url], heartbeat_s=0.2)
+    await h.start_worker()
+    await until(lambda: heartbeat_voices(h.js, h.names), "a worker heartbeat with voices")
+    book = tmp_path / "play.txt"
+    book.write_text(SCRIPT)
+    env = env_for(h.settings)
+    cases = [
+        (["--cast", "SPEAKER0=en_woman,SPEAKER1=ghost"], ("cannot submit", "'ghost'")),
+        (["--cast", "SPEAKER0=en_woman"], ("cannot submit", "[SPEAKER1]")),
+        (["--cast", "SPEAKER0=en_woman,SPEAKER1=en_man", "--narrator", "nobody"], ("'nobody'",)),
+        (["--cast", "SPEAKER0"], ("cast",)),
+    ]
+    for args, needles in cases:
+        result = await asyncio.to_thread(run_cli, ["submit", str(book), "--no-wait", "--job-id", "play", *args], env, 60)
+        assert_one_line_error(result, *needles)
+    kv = await bus.jobs_kv(h.js, h.names)
+    assert await read_job(kv, "play") is None
+    assert (await h.js.stream_info(h.names.chapters_stream)).state.messages == 0
+    # The same cast with known voices is accepted.
+    result = await asyncio.to_thread(run_cli, ["submit", str(book), "--no-wait", "--job-id", "play", "--cast",
+                                               "SPEAKER0=en_woman,SPEAKER1=en_man"], env, 60)
+    assert result.returncode == 0, result.stderr
+
+
+async def test_dialogue_mode_speaks_quotes_with_the_dialogue_voice(sims, harness, gateway):
+    sim = sims(slots=32)
+    h, gw, client = await start(harness, gateway, sim, jobs=True)
+    text = ("\u201cIs the storm coming?\u201d asked his daughter. He didn\u2019t answer at once.\n\n"
+            '"Soon," he said at last. [voice:chadwick] "Not tonight," said the keeper\u2019s friend.')
+    async with aclosing(client):
+        r = await client.post("/jobs", json={"job_id": "talkbook", "dialogue": True, "narrator": "en_woman",
+                                             "cast": {"dialogue": "en_man"}, "chapters": [{"text": text}]})
+        assert r.status_code == 202, r.text
+
+        async def finished() -> bool:
+            return (await client.get("/jobs/talkbook")).json()["status"] == "done"
+
+        await until(finished, "job talkbook is done", 120)
+    manifest = json.loads(await h.store.get("jobs/talkbook/manifest.json"))
+    chunks = [(c["speaker"], c["voice"], c["text"]) for c in manifest["chapters"][0]["chunks"]]
+    assert chunks == [
+        ("dialogue", "en_man", "\u201cIs the storm coming?\u201d"),
+        (None, "en_woman", "asked his daughter. He didn\u2019t answer at once."),
+        ("dialogue", "en_man", '"Soon,"'), (None, "en_woman", "he said at last."),
+        ("chadwick", "chadwick", '"Not tonight," said the keeper\u2019s friend.'),  # the tag wins
+    ]
+    calls = calls_by_key(sim)
+    for speaker, voice, chunk_text in chunks:
+        assert [c["voice"] for c in calls[key_of(chunk_text)]] == [voice]
