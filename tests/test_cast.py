@@ -13,7 +13,8 @@ import numpy as np
 import soundfile as sf
 
 from pipeline import bus
-from pipeline.contracts.messages import ChapterFailed, ChapterSubmit, DeadLetter
+from pipeline.client import publish_synth
+from pipeline.contracts.messages import ChapterFailed, ChapterSubmit, ChunkDone, DeadLetter, SynthRequest
 from pipeline.jobs.api import read_job
 from pipeline.jobs.cast import heartbeat_voices
 from pipeline.jobs.state import job_seed
@@ -260,3 +261,23 @@ async def test_dialogue_mode_speaks_quotes_with_the_dialogue_voice(sims, harness
     calls = calls_by_key(sim)
     for speaker, voice, chunk_text in chunks:
         assert [c["voice"] for c in calls[key_of(chunk_text)]] == [voice]
+
+
+async def test_the_chunk_done_event_names_the_speaker_and_the_voice(sims, harness, tmp_path):
+    sim = sims(slots=8)
+    h = await harness(backend_urls=[sim.url])
+    t = np.arange(24000) / 24000
+    sf.write(tmp_path / "alice_ref.wav", (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype(np.int16), 24000)
+    (tmp_path / "alice_ref.txt").write_text("A reference voice for Alice.")
+    await sync_presets(h.store, tmp_path)
+    requests = [SynthRequest(job_id="record", chunk_id="a", text="Alice speaks.", voice="alice_ref", speaker="alice"),
+                SynthRequest(job_id="record", chunk_id="b", text="Bob speaks.", voice="en_man", speaker="bob"),
+                SynthRequest(job_id="record", chunk_id="n", text="Nobody in particular speaks.")]
+    async with h.waiter("record") as waiter:
+        await h.start_worker()
+        for request in requests:
+            await publish_synth(h.js, h.names, request, "bulk")
+        outcomes = {o.chunk_id: o for o in await waiter.wait_count(3, timeout_s=60)}
+    assert all(isinstance(o, ChunkDone) for o in outcomes.values()), outcomes
+    assert [(outcomes[c].speaker, outcomes[c].voice) for c in "abn"] == [("alice", "alice_ref"), ("bob", "en_man"),
+                                                                          (None, None)]
