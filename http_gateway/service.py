@@ -162,7 +162,7 @@ class Gateway:
                 return
             except UnknownVoice as exc:
                 error = exc
-        raise NotFound(str(error)[:1].upper() + str(error)[1:], voices=sorted(known))
+        raise NotFound(str(error), voices=sorted(known))
 
     def chunk_plan(self, ask: Ask, request: SynthRequest) -> list[SynthRequest]:
         """The prepared request as the chunks to speak: `[request]` itself for a text of one

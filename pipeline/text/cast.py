@@ -65,7 +65,7 @@ class Cast:
         if known is not None:
             unknown = [v for v in names if v not in known]
             if unknown:
-                raise UnknownVoice(f"unknown voice{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                raise UnknownVoice(f"Unknown voice{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
                                 f"in the cast or text; known voices: {', '.join(sorted(known)) or 'none'}")
         return names
 
