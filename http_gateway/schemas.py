@@ -24,6 +24,15 @@ OPENAI_VOICES = frozenset({
 DEFAULT_VOICE_ALIASES = OPENAI_VOICES | {"default"}
 
 
+CAST_DESCRIPTION = ("voices by speaker or character: {\"SPEAKER0\": \"en_woman\", \"alice\": \"belinda\"} "
+                    "for [SPEAKER0] lines and [voice:alice] tags (docs/voices.md)")
+
+
+class CastFields(BaseModel):
+    cast: dict[str, str] | None = Field(default=None, description=CAST_DESCRIPTION)
+    narrator: str | None = Field(default=None, description="the voice of text outside any speaker tag")
+
+
 class SamplingFields(BaseModel):
     temperature: float = Field(default=1.0, ge=0.1, le=1.5)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)  # vLLM: (0, 1]
@@ -34,7 +43,7 @@ class SamplingFields(BaseModel):
         return Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, max_tokens=self.max_tokens)
 
 
-class GenerateRequest(SamplingFields):
+class GenerateRequest(SamplingFields, CastFields):
     text: str
     system_prompt: str | None = None
     reference_audio_base64: str | None = None
@@ -43,7 +52,7 @@ class GenerateRequest(SamplingFields):
     stream: bool = Field(default=False, description="send the WAV as chunks finish (header sizes 'unknown')")
 
 
-class SpeechRequest(SamplingFields):
+class SpeechRequest(SamplingFields, CastFields):
     """OpenAI's `POST /v1/audio/speech` body. `model`, `speed` and `instructions` are accepted
     and not used: the gateway serves its configured model at normal speed."""
 
@@ -66,7 +75,7 @@ class JobChapter(BaseModel):
     text: str
 
 
-class JobRequest(SamplingFields):
+class JobRequest(SamplingFields, CastFields):
     """`POST /jobs`: a book or any long text set, as chapters. Every chapter gets the same voice,
     format, scene prompt, sampling and seed (the seed defaults to one derived from the job id)."""
 
@@ -78,6 +87,7 @@ class JobRequest(SamplingFields):
     system_prompt: str | None = Field(default=None, max_length=10_000)
     format: Literal["wav", "flac", "mp3"] = "wav"
     seed: int | None = None
+    dialogue: bool = Field(default=False, description='quoted speech spoken by cast["dialogue"], the rest by the narrator')
 
     def sampling(self) -> Sampling:
         return super().sampling().model_copy(update={"seed": self.seed})

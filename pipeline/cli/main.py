@@ -62,7 +62,8 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     settings = _settings()
     logs.configure("warning", settings.log_json)
     if args.command == "submit":
-        return asyncio.run(jobs_cli.submit(settings, args.file, args.voice, args.format, args.job_id, not args.no_wait))
+        return asyncio.run(jobs_cli.submit(settings, args.file, args.voice, args.format, args.job_id, not args.no_wait,
+                                           args.cast, args.narrator, args.dialogue))
     if args.command == "status":
         return asyncio.run(jobs_cli.status(settings, args.job_id, args.json))
     if args.command == "fetch":
@@ -199,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit a book (.txt, .md, .epub) as a job and follow its progress")
     p.add_argument("file")
     p.add_argument("--voice", default=None, help="a preset voice for every chapter")
+    p.add_argument("--cast", default=None,
+                   help="voices of speaker tags and characters: alice=en_woman,SPEAKER1=en_man or a JSON file")
+    p.add_argument("--narrator", default=None, help="the voice of text outside any speaker tag")
+    p.add_argument("--dialogue", action="store_true",
+                   help='quoted speech spoken by the cast\'s "dialogue" voice, narration by the narrator')
     p.add_argument("--format", choices=["wav", "flac", "mp3"], default="wav")
     p.add_argument("--job-id", default=None, help="default: the file name plus a random suffix")
     p.add_argument("--no-wait", action="store_true", help="submit and exit without following progress")

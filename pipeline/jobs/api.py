@@ -15,6 +15,7 @@ What callers can rely on:
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -66,20 +67,45 @@ def default_job_id(name: str) -> str:
 def build_submits(
     chapters: Sequence[ChapterLike], job_id: str, *, voice: str | None = None, fmt: AudioFormat | str = "wav",
     sampling: Sampling | None = None, system_prompt: str | None = None, reference: Reference | None = None,
+    cast: dict[str, str] | None = None, narrator: str | None = None, dialogue: bool = False,
 ) -> list[ChapterSubmit]:
-    """One `ChapterSubmit` per chapter, in order; `JobInputError` for anything the bus would refuse."""
+    """One `ChapterSubmit` per chapter, in order; `JobInputError` for anything the bus would refuse
+    (a cast's voices are checked against the known ones by the caller: `pipeline.jobs.cast`)."""
     extra = {k: v for k, v in (("sampling", sampling), ("system_prompt", system_prompt),
-                               ("reference", reference)) if v is not None}
+                               ("reference", reference), ("cast", cast or None), ("narrator", narrator))
+             if v is not None}
     try:
         return [
             ChapterSubmit(job_id=job_id, chapter=i, total_chapters=len(chapters), title=c.title, text=c.text,
-                          voice=voice, format=fmt, **extra)
+                          voice=voice, format=fmt, dialogue=dialogue, **extra)
             for i, c in enumerate(chapters)
         ]
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "chapter"
         raise JobInputError(f"{where}: {first['msg']}") from None
+
+
+def parse_cast(value: str | None) -> dict[str, str] | None:
+    """`--cast`: `alice=en_woman,SPEAKER1=en_man`, or a JSON file of {speaker: voice}."""
+    if not value:
+        return None
+    if "=" not in value:
+        try:
+            with open(value, encoding="utf-8") as f:
+                cast = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise JobInputError(f"cast: {value} is neither name=voice pairs nor a readable JSON file ({exc})") from None
+        if not isinstance(cast, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in cast.items()):
+            raise JobInputError(f'cast: {value} must hold one JSON object of {{"speaker": "voice"}}')
+        return cast
+    cast = {}
+    for pair in value.split(","):
+        name, sep, voice = pair.partition("=")
+        if not sep or not name.strip() or not voice.strip():
+            raise JobInputError(f"cast: {pair!r} is not speaker=voice")
+        cast[name.strip()] = voice.strip()
+    return cast
 
 
 async def register_job(kv, submits: Sequence[ChapterSubmit]) -> jobs.JobState:
