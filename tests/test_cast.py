@@ -22,6 +22,7 @@ from pipeline.synthesis.voices import sync_presets
 from pipeline.text.cast import speaker_seed
 from tests.conftest import sim_stats
 from pipeline.audio.checks import decode_wav
+from pipeline.audio.pitch import median_f0
 from pipeline.audio.wer import word_error_rate
 from tests.gateway_fixtures import gateway, wait_for_health  # noqa: F401 (fixture)
 from tests.test_cli import assert_one_line_error, env_for, run_cli
@@ -193,9 +194,8 @@ async def test_a_chapter_on_the_bus_with_an_unknown_voice_fails_with_a_dead_lett
 
 
 async def test_the_tags_are_not_spoken_on_the_piper_engine(harness, gateway, piper, transcriber):
-    """A two-speaker script in real speech: the recogniser hears the turns and never the tags.
-    (Today the Piper engine speaks every voice name with its one voice; once it has distinct
-    voices, the same request can compare the speakers' pitch.)"""
+    """A two-speaker script in real speech: the recogniser hears the turns and never the tags
+    (the speakers' pitch is compared in the job test below)."""
     h, gw, client = await start(harness, gateway, piper)
     async with aclosing(client):
         r = await client.post("/generate", json={"text": SCRIPT, "cast": {"SPEAKER0": "en_woman", "SPEAKER1": "en_man"}},
@@ -281,3 +281,40 @@ async def test_the_chunk_done_event_names_the_speaker_and_the_voice(sims, harnes
     assert all(isinstance(o, ChunkDone) for o in outcomes.values()), outcomes
     assert [(outcomes[c].speaker, outcomes[c].voice) for c in "abn"] == [("alice", "alice_ref"), ("bob", "en_man"),
                                                                           (None, None)]
+
+
+async def test_a_three_character_chapter_on_the_piper_engine_has_three_measurably_different_voices(
+        harness, gateway, piper):
+    """The CPU engine's voices (pitch variants of its one Piper voice, `docs/voices.md`): each
+    character's chunks, read back from the store, have the median pitch of that character's voice,
+    and the three voices are apart by a clear margin."""
+    h, gw, client = await start(harness, gateway, piper, jobs=True)
+    cast = {"alice": "en_woman", "bob": "chadwick"}  # joe_higher, joe_deep; the narrator en_man is joe
+    text = ("The rain had not stopped for three days when the letter came.\n\n"
+            "[voice:alice] Open it, please. I cannot bear to wait another minute.\n\n"
+            "[voice:bob] Patience. Letters like this one are read slowly and only once.\n\n"
+            "He broke the seal and read it aloud by the window.")
+    async with aclosing(client):
+        r = await client.post("/jobs", json={"job_id": "pitchbook", "cast": cast, "narrator": "en_man",
+                                             "chapters": [{"title": "One", "text": text}]})
+        assert r.status_code == 202, r.text
+
+        async def finished() -> dict | None:
+            state = (await client.get("/jobs/pitchbook")).json()
+            assert state["status"] != "failed", state
+            return state if state["status"] == "done" else None
+
+        await until(finished, "job pitchbook is done", 240)
+    manifest = json.loads(await h.store.get("jobs/pitchbook/manifest.json"))
+    [entry] = manifest["chapters"]
+    pitches: dict[str | None, list[float]] = {}
+    for chunk in entry["chunks"]:
+        samples, rate = decode_wav(await h.store.get(chunk["audio_key"]))
+        f0 = median_f0(samples, rate)
+        assert f0 is not None, chunk
+        pitches.setdefault(chunk["speaker"], []).append(f0)
+    median = {speaker: float(np.median(values)) for speaker, values in pitches.items()}
+    print(f"median F0 by speaker: {median}")
+    assert set(median) == {None, "alice", "bob"}
+    # joe_deep < joe < joe_higher: factors 0.8 / 1.0 / 1.6 of the bundled voice (docs/voices.md).
+    assert median["bob"] * 1.1 < median[None] and median[None] * 1.25 < median["alice"], median
