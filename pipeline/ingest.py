@@ -91,8 +91,12 @@ class Ingestor:
                 raise ChapterRejected(submit.job_id, submit.chapter, "invalid",
                                       f"job has {state.total_chapters} chapters, this chapter says {submit.total_chapters}")
             key = str(submit.chapter)
-            if key in state.chapters and state.titles.get(key) == submit.title:
+            # The voices it uses, also for chapters published straight to the bus (no
+            # `register_job`): a voice in use cannot be deleted from the library.
+            used = {v for v in (submit.voice, submit.narrator, *(submit.cast or {}).values()) if v}
+            if key in state.chapters and state.titles.get(key) == submit.title and used <= set(state.voices):
                 return None
+            state.voices = sorted(set(state.voices) | used)
             state.chapters.setdefault(key, "pending")
             state.titles[key] = submit.title
             return state

@@ -14,10 +14,13 @@ import soundfile as sf
 from pipeline import bus
 from pipeline.audio.checks import decode_wav, resample
 from pipeline.engines.sim import audio as simaudio
+from pipeline.contracts.messages import ChapterSubmit
 from pipeline.jobs import state as jobs
+from pipeline.jobs.api import publish_chapters
 from tests.conftest import sim_stats
 from tests.gateway_fixtures import gateway, recording_proxy, wait_for_health  # noqa: F401 (fixtures)
 from tests.test_gateway_jobs import open_client
+from tests.waiting import until
 
 TRANSCRIPT = "this is how alice sounds when she reads a story aloud to the children at night"
 SCENE = "Audio is recorded in a quiet library."
@@ -197,3 +200,27 @@ async def test_the_voice_routes_need_the_api_key(harness, gateway):
         assert await h.store.exists("voices/erin.json")
         assert "erin" in (await client.get("/v1/audio/voices", headers=auth)).json()["voices"]
         assert (await client.delete("/v1/audio/voices/erin", headers=auth)).status_code == 204
+
+
+async def test_a_chapter_published_straight_to_the_bus_protects_its_cast_voices(harness, gateway):
+    """No `register_job` (a producer publishing `ChapterSubmit`s itself): ingest records the
+    chapter's voices in the job's state, so the library still refuses to delete them."""
+    h = await harness()
+    await h.start_ingest()  # no worker: the job stays unfinished
+    client = await open_client(gateway(h.settings))
+    async with aclosing(client):
+        answer = await client.post("/v1/audio/voices", data=form("frank"), files={"file": ("c.wav", encoded(speech()))})
+        assert answer.status_code == 201, answer.text
+        submit = ChapterSubmit(job_id="busbook", chapter=0, total_chapters=1, title="One",
+                               text="[voice:frank] Hello there.\n\nAnd the narrator ends it.",
+                               cast={"frank": "frank"}, narrator="en_man")
+        await publish_chapters(h.js, h.names, [submit])
+        kv = await bus.jobs_kv(h.js, h.names)
+
+        async def recorded() -> list[str] | None:
+            state = await jobs.read(kv, jobs.job_key("busbook"), jobs.JobState)
+            return state.voices if state and state.chapters else None
+
+        assert await until(recorded, "ingest registers busbook") == ["en_man", "frank"]
+        refused = await client.delete("/v1/audio/voices/frank")
+        assert refused.status_code == 409 and refused.json()["jobs"] == ["busbook"], refused.text
