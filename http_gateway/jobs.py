@@ -102,7 +102,7 @@ async def submit_job(body: JobRequest, request: Request) -> JSONResponse:
     kept = [c for i, c in enumerate(body.chapters) if i not in skip]
     try:
         submits = jobs_api.build_submits(kept, job_id, voice=voice, fmt=body.format, sampling=body.sampling(),
-                                         system_prompt=body.system_prompt)
+                                         system_prompt=body.system_prompt, normalize=body.normalize)
     except jobs_api.JobInputError as exc:
         raise BadInput(str(exc)) from None
     js = gateway.link.require_bus()

@@ -29,6 +29,7 @@ from pipeline.contracts.subjects import INVALID_JOB, PRIORITY_BULK, TOKEN_RE, Na
 from pipeline.jobs import state as jobs
 from pipeline.store import Store, audio_key
 from pipeline.text.split import split_text
+from pipeline.text.spoken import as_spoken
 
 log = structlog.get_logger("pipeline.ingest")
 
@@ -60,14 +61,17 @@ class Ingestor:
             job_id=submit.job_id, chapter=submit.chapter, title=submit.title, format=submit.format,
             voice=submit.voice, reference=submit.reference, system_prompt=submit.system_prompt,
             sampling=sampling, chunks=[],
+            normalize=self.settings.spoken_form if submit.normalize is None else submit.normalize,
         )
         planned = []
         for chunk in chunks:
             chunk_id = jobs.chunk_id_for(submit.chapter, chunk.index)
             draft = jobs.PlannedChunk(index=chunk.index, chunk_id=chunk_id, start=chunk.start, end=chunk.end,
                                       text=chunk.text, key="")
-            key = audio_key(plan.request(draft).audio_digest(self.settings.model))
-            planned.append(draft.model_copy(update={"key": key}))
+            sent = as_spoken(plan.request(draft), self.settings.spoken_form)
+            key = audio_key(sent.audio_digest(self.settings.model))
+            spoken = sent.text if sent.text != chunk.text else None
+            planned.append(draft.model_copy(update={"key": key, "spoken": spoken}))
         return plan.model_copy(update={"chunks": planned})
 
     async def ingest(self, submit: ChapterSubmit) -> int:

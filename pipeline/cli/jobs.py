@@ -46,14 +46,16 @@ def default_job_id(path: Path) -> str:
     return jobs_api.default_job_id(path.stem)
 
 
-def build_submits(chapters, job_id: str, voice: str | None, fmt: str) -> list[ChapterSubmit]:
+def build_submits(chapters, job_id: str, voice: str | None, fmt: str,
+                  normalize: bool | None = None) -> list[ChapterSubmit]:
     try:
-        return jobs_api.build_submits(chapters, job_id, voice=voice, fmt=fmt)
+        return jobs_api.build_submits(chapters, job_id, voice=voice, fmt=fmt, normalize=normalize)
     except jobs_api.JobInputError as exc:
         raise StartupError(f"cannot submit: {exc}") from None
 
 
-async def submit(settings: Settings, file: str, voice: str | None, fmt: str, job_id: str | None, wait: bool) -> int:
+async def submit(settings: Settings, file: str, voice: str | None, fmt: str, job_id: str | None, wait: bool,
+                 normalize: bool | None = None) -> int:
     from pipeline.text.books import read_book
     from pipeline.text.chapters import BookError
 
@@ -65,7 +67,7 @@ async def submit(settings: Settings, file: str, voice: str | None, fmt: str, job
     if not chapters:
         raise StartupError(f"{file} has no text to speak")
     job_id = job_id or default_job_id(path)
-    submits = build_submits(chapters, job_id, voice, fmt)
+    submits = build_submits(chapters, job_id, voice, fmt, normalize)
     names = Names(settings.namespace)
     async with connection(settings, "tts-submit") as (js, store, kv):
         try:

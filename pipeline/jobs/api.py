@@ -66,10 +66,11 @@ def default_job_id(name: str) -> str:
 def build_submits(
     chapters: Sequence[ChapterLike], job_id: str, *, voice: str | None = None, fmt: AudioFormat | str = "wav",
     sampling: Sampling | None = None, system_prompt: str | None = None, reference: Reference | None = None,
+    normalize: bool | None = None,
 ) -> list[ChapterSubmit]:
     """One `ChapterSubmit` per chapter, in order; `JobInputError` for anything the bus would refuse."""
     extra = {k: v for k, v in (("sampling", sampling), ("system_prompt", system_prompt),
-                               ("reference", reference)) if v is not None}
+                               ("reference", reference), ("normalize", normalize)) if v is not None}
     try:
         return [
             ChapterSubmit(job_id=job_id, chapter=i, total_chapters=len(chapters), title=c.title, text=c.text,

@@ -85,6 +85,9 @@ class PlannedChunk(BaseModel):
     end: int
     text: str
     key: str
+    # The text as sent to the model (pipeline/text/spoken) when it differs from `text`; `key` is
+    # computed on it, exactly as the synth worker computes its own.
+    spoken: str | None = None
     # The stored audio's integrated loudness (LUFS), when known: ingest plans before anything is
     # synthesised, so the stored plans have none; the assembler fills it in from the chunk events
     # (`ChapterPlan.with_loudness`) and measures only the chunks still without one.
@@ -104,6 +107,9 @@ class ChapterPlan(BaseModel):
     system_prompt: str | None = None
     sampling: Sampling
     chunks: list[PlannedChunk]
+    # The spoken form, decided once at plan time (the submitter's choice, else the planner's
+    # TTS_SPOKEN_FORM) and carried on every request, so the workers' keys equal the plan's.
+    normalize: bool | None = None
 
     def with_loudness(self, levels: dict[str, float]) -> ChapterPlan:
         """This plan with each chunk's loudness taken from `levels` (chunk index -> LUFS)."""
@@ -114,7 +120,7 @@ class ChapterPlan(BaseModel):
         return SynthRequest(
             job_id=self.job_id, chunk_id=chunk.chunk_id, text=chunk.text, voice=self.voice,
             reference=self.reference, system_prompt=self.system_prompt, sampling=self.sampling,
-            chapter=self.chapter, index=chunk.index,
+            chapter=self.chapter, index=chunk.index, normalize=self.normalize,
         )
 
 
