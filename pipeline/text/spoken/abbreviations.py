@@ -22,6 +22,8 @@ FIXED = {
     "approx.": "approximately", "a.k.a.": "also known as", "Inc.": "Incorporated", "Ltd.": "Limited",
     "Co.": "Company", "Corp.": "Corporation", "Bros.": "Brothers", "Dept.": "Department",
 }
+# Their period may also end the sentence ("apples, pears, etc. Then"); "e.g." and "vs." never do.
+CAN_END_A_SENTENCE = frozenset({"etc.", "Inc.", "Ltd.", "Co.", "Corp.", "Bros.", "Dept."})
 # Before a number only: "No. 5", "p. 12", "pp. 3 to 5", "Fig. 2".
 NUMBERED = {"No.": "number", "no.": "number", "Nos.": "numbers", "p.": "page", "pp.": "pages", "Fig.": "figure",
             "fig.": "figure", "Vol.": "volume", "vol.": "volume", "Ch.": "chapter", "ch.": "chapter",
@@ -85,7 +87,8 @@ def _person(text: str, match: re.Match) -> str:
 
 def expand(text: str) -> str:
     def fixed(match: re.Match) -> str:
-        return FIXED[match.group(1)] + ("." if _ended(text, match.end()) else "")
+        can_end = match.group(1) in CAN_END_A_SENTENCE
+        return FIXED[match.group(1)] + ("." if can_end and _ended(text, match.end()) else "")
 
     text = _WORDS.sub(lambda m: _person(text, m), text)
     text = _FIXED.sub(fixed, text)

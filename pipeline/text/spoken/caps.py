@@ -16,7 +16,7 @@ SPELLED = frozenset(
 )
 _ROMAN = re.compile(r"[IVX]+")  # Henry VIII, World War II: left for the model
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”")
-_CAPS = re.compile(r"(?<![\w\[:])([A-Z]{2,})(s|['’]s)?\b(?![:\]])")
+_CAPS = re.compile(r"(?<!\w)([A-Z]{2,})(s|['’]s)?\b")
 _RUN = re.compile(r"\b[A-Z]{2,}\b(?:[\s,;:!?.'’-]+\b[A-Z]{2,}\b)+")  # two or more shouted words
 
 

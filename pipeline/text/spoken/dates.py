@@ -117,6 +117,6 @@ def times(text: str) -> str:
             return f"{cardinal(hour)} {digits_spoken(minutes)} and {cardinal(seconds)} seconds"
         if minutes == "00":
             return cardinal(hour) + (" hundred" if int(hour) > 12 or hour.startswith("0") else " o'clock")
-        return f"{digits_spoken(hour) if hour.startswith('0') and hour != '0' else cardinal(hour)} {digits_spoken(minutes)}"
+        return f"{cardinal(hour)} {digits_spoken(minutes)}"
 
     return _CLOCK_24.sub(clock, _CLOCK_12.sub(twelve, text))

@@ -47,7 +47,8 @@ _ORDINAL = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(st|nd|rd|th)\b")
 _FRACTION = re.compile(r"(?<![\w./])(\d{1,2})/(\d{1,2})(?![\w/]|[.,]\d)")
 _DENOMINATORS = {"2": ("half", "halves"), "4": ("quarter", "quarters")}
 # A sign only where it cannot be a hyphen or a minus between two operands: "-5", "(-3.2)".
-_PLAIN = re.compile(rf"(?<![\w.])((?:(?<![^\s(\[])[-−])?(?:{_NUMBER}))(?![\w]|[.,]\d)")
+# Digits joined by dashes that are no range (2024-13-45, 555-1234, 10-5) are left as written.
+_PLAIN = re.compile(rf"(?<![\w.])(?<!\d[-–])((?:(?<![^\s(\[])[-−])?(?:{_NUMBER}))(?!\w|\.\d|[-–]\d)")
 
 
 def ranges(text: str) -> str:

@@ -13,13 +13,13 @@ def _engine() -> inflect.engine:
 
 
 def cardinal(number: str) -> str:
-    """'1,234' -> 'one thousand two hundred and thirty-four'; '3.14' -> 'three point one four';
+    """'1,234' -> 'one thousand two hundred thirty-four'; '3.14' -> 'three point one four';
     '-5' -> 'minus five'. `number` is digits with optional grouping commas, decimals and sign."""
     digits = number.replace(",", "")
     sign = ""
     if digits[:1] in ("-", "−"):
         sign, digits = "minus ", digits[1:]
-    return sign + _engine().number_to_words(digits, comma="", andword="and")
+    return sign + _engine().number_to_words(digits, comma="", andword="")
 
 
 def ordinal(number: str) -> str:
@@ -34,7 +34,7 @@ def plural(word: str) -> str:
 
 def year(number: str) -> str:
     """A four-digit year as said: 1999 'nineteen ninety-nine', 1905 'nineteen oh five',
-    1900 'nineteen hundred', 2000 'two thousand', 2007 'two thousand and seven', 2024 'twenty
+    1900 'nineteen hundred', 2000 'two thousand', 2007 'two thousand seven', 2024 'twenty
     twenty-four'."""
     value = int(number)
     century, rest = divmod(value, 100)
