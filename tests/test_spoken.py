@@ -305,3 +305,22 @@ def test_a_missing_file_is_one_line_and_exit_2(tmp_path):
     out = subprocess.run(CLI + [str(tmp_path / "nope.txt")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stdout == ""
     assert len(out.stderr.strip().splitlines()) == 1 and "nope.txt" in out.stderr
+
+
+_tricky = st.text(alphabet=st.sampled_from(list("aZ09 .,-–/:'\"“”[]()$£€¥%&+=@#°²¹¼APMSt\n")), max_size=80)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.one_of(st.text(max_size=200), _tricky))
+def test_no_rule_raises_and_nothing_is_lost_to_blankness(text):
+    # `spoken` keeps the text when a rule fails; each rule must not fail in the first place.
+    for rule in RULES:
+        rule.apply(text)
+    out = spoken(text)
+    assert bool(out.strip()) == bool(text.strip())
+
+
+def test_long_numbers_are_read_digit_by_digit_or_left():
+    names = "zero one two three four five six seven eight nine".split()
+    assert spoken("id 1234567890123456789") == "id " + " ".join(names[int(d)] for d in "1234567890123456789")
+    assert spoken("1" * 100) == "1" * 100

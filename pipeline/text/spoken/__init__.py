@@ -13,6 +13,7 @@ form to the model and keys the audio on it (`as_spoken`).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from typing import NamedTuple
@@ -53,7 +54,10 @@ _PROTECTED = re.compile(r"\[[^\[\]\n]*[A-Za-z][^\[\]\n]*\]")
 
 def _free(text: str) -> str:
     for rule in RULES:
-        text = rule.apply(text)
+        # A rule that fails leaves the text as it was: a chunk is better read as written than lost
+        # (tests/test_spoken.py checks that no rule raises on arbitrary text).
+        with contextlib.suppress(Exception):
+            text = rule.apply(text)
     return text
 
 

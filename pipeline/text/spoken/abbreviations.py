@@ -35,7 +35,7 @@ _FIXED = re.compile(r"(?<![\w.])(" + "|".join(re.escape(a) for a in sorted(FIXED
 _NUMBERED = re.compile(r"(?<![\w.])(" + "|".join(re.escape(a) for a in NUMBERED) + r")\s?(?=\d)")
 # U.S., U.K., U.S.A., J.R.R.: capital letters with periods, read letter by letter.
 _INITIALISM = re.compile(r"(?<![\w.])((?:[A-Z]\.){2,})")
-_SENTENCE_GOES_ON = re.compile(r"\s*[A-Z\"“]|\s*$")
+_SENTENCE_ENDED = re.compile(r"\s*[A-Z\"“]|\s*$")
 _PREVIOUS = re.compile(r"(?:^|(\S+)\s+)(\S+)\s+$")
 _NEXT = re.compile(r"\s+(\S+)")
 
@@ -44,7 +44,7 @@ FIXED_WORDS = frozenset(a.rstrip(".").lower() for a in FIXED) | frozenset(a.lowe
 
 def _ended(text: str, end: int) -> bool:
     """The abbreviation's period also ended the sentence (end of text, or a capital follows)."""
-    return bool(_SENTENCE_GOES_ON.match(text, end))
+    return bool(_SENTENCE_ENDED.match(text, end))
 
 
 def _is_name(word: str | None) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 
 # Said as words, never spelled.
@@ -29,7 +30,7 @@ def _as_word(word: str, first: bool) -> str:
 
 
 def _is_first(text: str, start: int) -> bool:
-    before = text[:start].rstrip(" \"“'‘")
+    before = text[max(0, start - 20):start].rstrip(" \"“'‘")
     return not before or before.endswith((".", "!", "?"))
 
 
@@ -44,10 +45,12 @@ def _one(text: str, match: re.Match, quoted: bool, shouted: set[int]) -> str:
 
 def caps(text: str) -> str:
     quoted_spans = [m.span() for m in _QUOTED.finditer(text)]
+    starts = [a for a, _ in quoted_spans]
     shouted = {m.start() for run in _RUN.finditer(text) for m in _CAPS.finditer(text, run.start(), run.end())}
 
     def say(match: re.Match) -> str:
-        quoted = any(a < match.start() < b for a, b in quoted_spans)
+        i = bisect.bisect_left(starts, match.start()) - 1  # the quote opened last before it
+        quoted = i >= 0 and match.start() < quoted_spans[i][1]
         return _one(text, match, quoted, shouted)
 
     return _CAPS.sub(say, text)

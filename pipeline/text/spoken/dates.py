@@ -29,6 +29,7 @@ _YEAR_LEADERS = frozenset("in since by from until till during before after circa
 
 _MERIDIEM = r"([ap])\.?\s?m\b\.?"
 _CLOCK_12 = re.compile(rf"(?<![\w.:])(\d{{1,2}})(?::([0-5]\d))?\s?{_MERIDIEM}", re.IGNORECASE)
+_ENDED = re.compile(r"\s*(?:$|[A-Z\"“])")  # what follows a period that ended its sentence
 _CLOCK_24 = re.compile(r"(?<![\w.:])([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?(?![\w:]|[.,]\d)")
 
 
@@ -90,7 +91,7 @@ def years(text: str) -> str:
 
     def say(match: re.Match) -> str:
         digits, era = match.groups()
-        after = text[match.end():].lstrip()
+        after = text[match.end():match.end() + 40].lstrip()  # bounded: linear on any text
         next_word = re.match(r"[A-Za-z]+", after)
         previous = re.search(r"([A-Za-z]+)\W*$", text[max(0, match.start() - 20):match.start()])
         led = previous is not None and previous.group(1).lower() in _YEAR_LEADERS
@@ -108,7 +109,7 @@ def times(text: str) -> str:
             return match.group(0)
         spoken = cardinal(hour) + (f" {digits_spoken(minutes)}" if minutes and minutes != "00" else "")
         # "at 5 p.m. Then" ended a sentence: keep its period.
-        ended = match.group(0).endswith(".") and re.match(r"\s*(?:$|[A-Z\"“])", text[match.end():])
+        ended = match.group(0).endswith(".") and _ENDED.match(text, match.end())
         return f"{spoken} {half.upper()} M" + ("." if ended else "")
 
     def clock(match: re.Match) -> str:

@@ -12,6 +12,12 @@ def _engine() -> inflect.engine:
     return inflect.engine()
 
 
+# Longer numbers (an id, a run of digits) are read digit by digit, and past a line's worth left as they are.
+MAX_NAMED_DIGITS = 15
+MAX_READ_DIGITS = 40
+
+
+@functools.lru_cache(maxsize=4096)  # inflect takes ~0.1 ms a number; books repeat them
 def cardinal(number: str) -> str:
     """'1,234' -> 'one thousand two hundred thirty-four'; '3.14' -> 'three point one four';
     '-5' -> 'minus five'. `number` is digits with optional grouping commas, decimals and sign."""
@@ -19,9 +25,16 @@ def cardinal(number: str) -> str:
     sign = ""
     if digits[:1] in ("-", "−"):
         sign, digits = "minus ", digits[1:]
+    whole, _, decimals = digits.partition(".")
+    if len(whole) > MAX_READ_DIGITS or len(decimals) > MAX_READ_DIGITS:
+        return number
+    if len(whole) > MAX_NAMED_DIGITS:
+        spelled = " ".join(_engine().number_to_words(d) for d in whole)
+        return sign + spelled + (f" point {' '.join(_engine().number_to_words(d) for d in decimals)}" if decimals else "")
     return sign + _engine().number_to_words(digits, comma="", andword="")
 
 
+@functools.lru_cache(maxsize=4096)
 def ordinal(number: str) -> str:
     """'21' -> 'twenty-first'."""
     return _engine().ordinal(cardinal(number))
@@ -32,6 +45,7 @@ def plural(word: str) -> str:
     return _engine().plural(word)
 
 
+@functools.lru_cache(maxsize=4096)
 def year(number: str) -> str:
     """A four-digit year as said: 1999 'nineteen ninety-nine', 1905 'nineteen oh five',
     1900 'nineteen hundred', 2000 'two thousand', 2007 'two thousand seven', 2024 'twenty
