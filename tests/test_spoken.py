@@ -324,3 +324,15 @@ def test_long_numbers_are_read_digit_by_digit_or_left():
     names = "zero one two three four five six seven eight nine".split()
     assert spoken("id 1234567890123456789") == "id " + " ".join(names[int(d)] for d in "1234567890123456789")
     assert spoken("1" * 100) == "1" * 100
+
+
+def test_submit_no_normalize_reaches_every_chapter():
+    from pipeline.cli.main import build_parser
+    from pipeline.jobs.api import build_submits
+    from pipeline.text.chapters import Chapter
+
+    assert build_parser().parse_args(["submit", "book.txt", "--no-normalize"]).no_normalize is True
+    assert build_parser().parse_args(["submit", "book.txt"]).no_normalize is False
+    chapters = [Chapter(0, "One", "It cost $5."), Chapter(1, "Two", "In 1999.")]
+    assert [s.normalize for s in build_submits(chapters, "j", normalize=False)] == [False, False]
+    assert [s.normalize for s in build_submits(chapters, "j")] == [None, None]

@@ -12,8 +12,6 @@ _BRACKETED = re.compile(r"(?<=[^\s\[(])(?:\[\d{1,3}(?:\s?[,–-]\s?\d{1,3})*\])+
 _SUPERSCRIPT = re.compile(r"(?<=[^\s\d⁰¹²³⁴⁵⁶⁷⁸⁹])([⁰¹²³⁴⁵⁶⁷⁸⁹]+)")
 _UNIT_BEFORE = re.compile(r"(?:^|[\s\d])(?:m|cm|mm|km|ft|in|mi|yd|m/s|s)$")
 
-SUPERSCRIPTS = "⁰¹²³⁴⁵⁶⁷⁸⁹"
-
 
 def drop_markers(text: str) -> str:
     text = _BRACKETED.sub("", text)
