@@ -107,7 +107,8 @@ async def submit_job(body: JobRequest, request: Request) -> JSONResponse:
     try:
         submits = jobs_api.build_submits(kept, job_id, voice=voice, fmt=body.format, sampling=body.sampling(),
                                          system_prompt=body.system_prompt, cast=body.cast,
-                                         narrator=body.narrator, dialogue=body.dialogue)
+                                         narrator=body.narrator, dialogue=body.dialogue,
+                                         normalize=body.normalize)
     except jobs_api.JobInputError as exc:
         raise BadInput(str(exc)) from None
     js = gateway.link.require_bus()

@@ -30,7 +30,7 @@ def _gateway(request: Request) -> Gateway:
 def _ask(body: GenerateRequest) -> Ask:
     return Ask(text=body.text, sampling=body.sampling(), system_prompt=body.system_prompt, voice=body.voice,
                reference_b64=body.reference_audio_base64, reference_text=body.reference_text,
-               cast=body.cast, narrator=body.narrator)
+               cast=body.cast, narrator=body.narrator, normalize=body.normalize)
 
 
 def _headers(spoken: Spoken) -> dict[str, str]:
@@ -99,7 +99,7 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     if body.stream_format not in ("audio", "sse"):
         raise BadInput(f"stream_format '{body.stream_format}' is not supported; use 'audio' or 'sse'")
     ask = Ask(text=body.input, sampling=body.sampling(), voice=body.voice, openai_voices=True,
-              cast=body.cast, narrator=body.narrator)
+              cast=body.cast, narrator=body.narrator, normalize=body.normalize)
     if body.stream or body.stream_format == "sse":
         return await stream_speech(_gateway(request), ask, request_id_of(request.scope), fmt,
                                    sse=body.stream_format == "sse")

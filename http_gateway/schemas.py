@@ -50,6 +50,8 @@ class GenerateRequest(SamplingFields, CastFields):
     reference_text: str | None = None
     voice: str | None = Field(default=None, description="a preset voice name (GET /v1/audio/voices)")
     stream: bool = Field(default=False, description="send the WAV as chunks finish (header sizes 'unknown')")
+    normalize: bool | None = Field(default=None, description="false: send the text as written, without the "
+                                   "spoken form (numbers, dates, abbreviations in words); default: the server's TTS_SPOKEN_FORM")
 
 
 class SpeechRequest(SamplingFields, CastFields):
@@ -67,6 +69,8 @@ class SpeechRequest(SamplingFields, CastFields):
     stream: bool = False
     # OpenAI's: "sse" streams `speech.audio.delta` events (implies streaming); "audio" the bytes.
     stream_format: str = "audio"
+    normalize: bool | None = Field(default=None, description="false: send the text as written, without the "
+                                   "spoken form (numbers, dates, abbreviations in words); default: the server's TTS_SPOKEN_FORM")
 
 
 class JobChapter(BaseModel):
@@ -88,6 +92,8 @@ class JobRequest(SamplingFields, CastFields):
     format: Literal["wav", "flac", "mp3"] = "wav"
     seed: int | None = None
     dialogue: bool = Field(default=False, description='quoted speech spoken by cast["dialogue"], the rest by the narrator')
+    normalize: bool | None = Field(default=None, description="false: send the text as written, without the "
+                                   "spoken form (numbers, dates, abbreviations in words); default: the server's TTS_SPOKEN_FORM")
 
     def sampling(self) -> Sampling:
         return super().sampling().model_copy(update={"seed": self.seed})

@@ -68,6 +68,8 @@ class Ask:
     reference_text: str | None = None
     # The speech route maps OpenAI voice names to the default voice instead of a 404.
     openai_voices: bool = False
+    # The spoken form: None = the workers' TTS_SPOKEN_FORM, False = as written.
+    normalize: bool | None = None
     # Voices by speaker tag or character, and the narrator's (`pipeline.text.cast`).
     cast: dict[str, str] | None = None
     narrator: str | None = None
@@ -124,7 +126,7 @@ class Gateway:
             return SynthRequest(
                 job_id=self.job_id, chunk_id=uuid.uuid4().hex, text=ask.text, voice=voice, reference=reference,
                 system_prompt=ask.system_prompt, sampling=ask.sampling, reply_tag=request_id[:128],
-                reply_to=self.router.reply_subject,
+                reply_to=self.router.reply_subject, normalize=ask.normalize,
             )
         except ValidationError as exc:
             first = exc.errors()[0]

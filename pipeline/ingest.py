@@ -31,6 +31,7 @@ from pipeline.jobs import state as jobs
 from pipeline.store import Store, audio_key
 from pipeline.synthesis.voices import VoiceBook
 from pipeline.text.speakers import split_speakers
+from pipeline.text.spoken import as_spoken
 
 log = structlog.get_logger("pipeline.ingest")
 
@@ -64,6 +65,7 @@ class Ingestor:
             job_id=submit.job_id, chapter=submit.chapter, title=submit.title, format=submit.format,
             voice=submit.voice, reference=submit.reference, system_prompt=submit.system_prompt,
             sampling=sampling, chunks=[], cast=submit.cast, narrator=submit.narrator,
+            normalize=self.settings.spoken_form if submit.normalize is None else submit.normalize,
         )
         planned = []
         for chunk in chunks:
@@ -74,8 +76,10 @@ class Ingestor:
                 raise ChapterRejected(submit.job_id, submit.chapter, "invalid", str(exc)) from None
             draft = jobs.PlannedChunk(index=chunk.index, chunk_id=chunk_id, start=chunk.start, end=chunk.end,
                                       text=chunk.text, key="", **voicing)
-            key = audio_key(plan.request(draft).audio_digest(self.settings.model))
-            planned.append(draft.model_copy(update={"key": key}))
+            sent = as_spoken(plan.request(draft), self.settings.spoken_form)
+            key = audio_key(sent.audio_digest(self.settings.model))
+            spoken = sent.text if sent.text != chunk.text else None
+            planned.append(draft.model_copy(update={"key": key, "spoken": spoken}))
         return plan.model_copy(update={"chunks": planned})
 
     async def ingest(self, submit: ChapterSubmit) -> int:
@@ -137,7 +141,8 @@ class Ingestor:
             if request.voice:
                 resolved = await self.voices.resolve(request)
                 if resolved is not request:
-                    chunk = chunk.model_copy(update={"key": audio_key(resolved.audio_digest(self.settings.model))})
+                    sent = as_spoken(resolved, self.settings.spoken_form)
+                    chunk = chunk.model_copy(update={"key": audio_key(sent.audio_digest(self.settings.model))})
             chunks.append(chunk)
         return plan.model_copy(update={"chunks": chunks})
 

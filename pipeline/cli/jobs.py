@@ -48,16 +48,18 @@ def default_job_id(path: Path) -> str:
 
 
 def build_submits(chapters, job_id: str, voice: str | None, fmt: str, cast: str | None = None,
-                  narrator: str | None = None, dialogue: bool = False) -> list[ChapterSubmit]:
+                  narrator: str | None = None, dialogue: bool = False,
+                  normalize: bool | None = None) -> list[ChapterSubmit]:
     try:
         return jobs_api.build_submits(chapters, job_id, voice=voice, fmt=fmt, cast=jobs_api.parse_cast(cast),
-                                      narrator=narrator, dialogue=dialogue)
+                                      narrator=narrator, dialogue=dialogue, normalize=normalize)
     except jobs_api.JobInputError as exc:
         raise StartupError(f"cannot submit: {exc}") from None
 
 
 async def submit(settings: Settings, file: str, voice: str | None, fmt: str, job_id: str | None, wait: bool,
-                 cast: str | None = None, narrator: str | None = None, dialogue: bool = False) -> int:
+                 cast: str | None = None, narrator: str | None = None, dialogue: bool = False,
+                 normalize: bool | None = None) -> int:
     from pipeline.text.books import read_book
     from pipeline.text.chapters import BookError
 
@@ -69,7 +71,7 @@ async def submit(settings: Settings, file: str, voice: str | None, fmt: str, job
     if not chapters:
         raise StartupError(f"{file} has no text to speak")
     job_id = job_id or default_job_id(path)
-    submits = build_submits(chapters, job_id, voice, fmt, cast, narrator, dialogue)
+    submits = build_submits(chapters, job_id, voice, fmt, cast, narrator, dialogue, normalize)
     names = Names(settings.namespace)
     async with connection(settings, "tts-submit") as (js, store, kv):
         if cast or narrator or dialogue or any("[" in s.text for s in submits):

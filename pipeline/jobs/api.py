@@ -68,11 +68,13 @@ def build_submits(
     chapters: Sequence[ChapterLike], job_id: str, *, voice: str | None = None, fmt: AudioFormat | str = "wav",
     sampling: Sampling | None = None, system_prompt: str | None = None, reference: Reference | None = None,
     cast: dict[str, str] | None = None, narrator: str | None = None, dialogue: bool = False,
+    normalize: bool | None = None,
 ) -> list[ChapterSubmit]:
     """One `ChapterSubmit` per chapter, in order; `JobInputError` for anything the bus would refuse
     (a cast's voices are checked against the known ones by the caller: `pipeline.jobs.cast`)."""
     extra = {k: v for k, v in (("sampling", sampling), ("system_prompt", system_prompt),
-                               ("reference", reference), ("cast", cast or None), ("narrator", narrator))
+                               ("reference", reference), ("cast", cast or None), ("narrator", narrator),
+                               ("normalize", normalize))
              if v is not None}
     try:
         return [

@@ -216,7 +216,8 @@ class Assembler:
                 "chapter": state.chapter, "title": state.title, "key": state.key, "format": state.format,
                 "duration_s": state.duration_s, "bytes": state.bytes,
                 "subtitles_key": SUBTITLES_KEY.format(job_id=job.job_id, index=state.chapter, slug=slug(state.title)),
-                "chunks": [{**cue, "audio_key": chunk.key, "voice": plan.voice_of(chunk)}
+                # `text` as written (the subtitles' form), `spoken` as sent to the model.
+                "chunks": [{**cue, "spoken": chunk.spoken or chunk.text, "audio_key": chunk.key, "voice": plan.voice_of(chunk)}
                            for cue, chunk in zip(timing, plan.chunks)],
             })
         finished_at = time.time()

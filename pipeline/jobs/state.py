@@ -87,6 +87,9 @@ class PlannedChunk(BaseModel):
     end: int
     text: str
     key: str
+    # The text as sent to the model (pipeline/text/spoken) when it differs from `text`; `key` is
+    # computed on it, exactly as the synth worker computes its own.
+    spoken: str | None = None
     # The stored audio's integrated loudness (LUFS), when known: ingest plans before anything is
     # synthesised, so the stored plans have none; the assembler fills it in from the chunk events
     # (`ChapterPlan.with_loudness`) and measures only the chunks still without one.
@@ -114,6 +117,9 @@ class ChapterPlan(BaseModel):
     # The job's cast (speaker -> voice) and narrator voice, as submitted.
     cast: dict[str, str] | None = None
     narrator: str | None = None
+    # The spoken form, decided once at plan time (the submitter's choice, else the planner's
+    # TTS_SPOKEN_FORM) and carried on every request, so the workers' keys equal the plan's.
+    normalize: bool | None = None
 
     def with_loudness(self, levels: dict[str, float]) -> ChapterPlan:
         """This plan with each chunk's loudness taken from `levels` (chunk index -> LUFS)."""
@@ -129,7 +135,7 @@ class ChapterPlan(BaseModel):
         return SynthRequest(
             job_id=self.job_id, chunk_id=chunk.chunk_id, text=chunk.text, voice=voice,
             reference=reference, system_prompt=self.system_prompt, sampling=sampling,
-            chapter=self.chapter, index=chunk.index, speaker=chunk.speaker,
+            chapter=self.chapter, index=chunk.index, speaker=chunk.speaker, normalize=self.normalize,
         )
 
     def voice_of(self, chunk: PlannedChunk) -> str | None:
