@@ -158,7 +158,7 @@ async def test_a_three_character_job_keeps_each_voice_and_seed_and_names_the_spe
         for name in ("alice", "bob", "carol"):
             assert f"<v {name}>" in vtt, vtt
         for chunk in entry["chunks"]:
-            [call] = calls[key_of(chunk["text"])]  # each chunk's one model call, tag-free
+            [call] = calls[key_of(chunk["spoken"])]  # each chunk's one model call, tag-free, as read
             by_speaker.setdefault(chunk["speaker"], set()).add(
                 (call["endpoint"], call["voice"], call["reference_sha256"], call["seed"]))
     # The same voice, reference and seed for a character in both chapters.
