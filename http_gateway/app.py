@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from pipeline.contracts.settings import Settings
 
-from http_gateway import job_admin, jobs, ops, routes, studio
+from http_gateway import job_admin, jobs, ops, routes, studio, voices
 from http_gateway.errors import GatewayError
 from http_gateway.middleware import GatewayMiddleware, request_id_of
 from http_gateway.service import Gateway
@@ -54,11 +54,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(job_admin.router)  # before jobs: `/jobs/upload` is not a `/jobs/{id}`
     app.include_router(jobs.router)
+    app.include_router(voices.router)
     app.include_router(studio.router)
     app.mount(studio.STATIC_PREFIX, studio.static, name="static")
     app.add_middleware(
         GatewayMiddleware, api_key=settings.gateway_api_key, max_body_bytes=settings.gateway_max_body_bytes,
-        metrics=gateway.metrics, route_paths=_paths(app, routes.router, ops.router, job_admin.router, jobs.router, studio.router),
+        metrics=gateway.metrics, route_paths=_paths(app, routes.router, ops.router, job_admin.router, jobs.router,
+                                                    voices.router, studio.router),
     )
 
     @app.exception_handler(GatewayError)

@@ -18,6 +18,8 @@ from pipeline.contracts.errors import StorePermanent, StoreRetryable
 from pipeline.contracts.messages import ChapterSubmit
 from pipeline.contracts.subjects import TOKEN_RE
 from pipeline.jobs import api as jobs_api
+from pipeline.text.cast import Cast
+from pipeline.text.speakers import speakers_in
 
 from http_gateway.errors import BadInput, Conflict, NotFound, TooLarge, Unavailable
 from http_gateway.formats import MEDIA_TYPES, mp3_supported
@@ -100,9 +102,13 @@ async def submit_job(body: JobRequest, request: Request) -> JSONResponse:
     job_id = body.job_id or jobs_api.default_job_id(body.title or "job")
     skip = set(blank)
     kept = [c for i, c in enumerate(body.chapters) if i not in skip]
+    speakers = list(dict.fromkeys(s for c in kept for s in speakers_in(c.text, body.dialogue)))
+    await gateway.check_cast(Cast.of(body.cast, body.narrator), speakers)
     try:
         submits = jobs_api.build_submits(kept, job_id, voice=voice, fmt=body.format, sampling=body.sampling(),
-                                         system_prompt=body.system_prompt)
+                                         system_prompt=body.system_prompt, cast=body.cast,
+                                         narrator=body.narrator, dialogue=body.dialogue,
+                                         normalize=body.normalize)
     except jobs_api.JobInputError as exc:
         raise BadInput(str(exc)) from None
     js = gateway.link.require_bus()

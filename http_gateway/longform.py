@@ -27,6 +27,8 @@ from pipeline.assemble import measure_lufs, shape_chunk
 from pipeline.audio.wavio import decode_wav
 from pipeline.contracts.messages import SynthRequest
 from pipeline.contracts.settings import Settings
+from pipeline.text.cast import Cast, speaker_seed
+from pipeline.text.speakers import has_markup, split_speakers
 from pipeline.text.split import normalise, split_text
 
 FIRST_MAX_WORDS = 12  # the first chunk: about 5 s of speech
@@ -47,6 +49,22 @@ def plan_texts(text: str, settings: Settings) -> list[str]:
     return [first.text] + [chunk.text for chunk in split_text(flat[first.end:], *budget)]
 
 
+def plan_turns(text: str, settings: Settings) -> list[tuple[str | None, str]] | None:
+    """(speaker, text) of each chunk of a text with speaker tags, in order (no chunk mixes two
+    speakers, the first is kept short as in `plan_texts`); None for a text without tags."""
+    if not has_markup(text):
+        return None
+    budget = (settings.chunk_max_words, settings.chunk_target_words, settings.chunk_max_chars)
+    chunks = split_speakers(text, False, *budget)
+    turns = [(c.speaker, c.text) for c in chunks]
+    if len(chunks) > 1 and chunks[0].words > min(FIRST_MAX_WORDS, budget[0]):
+        head = chunks[0]
+        first = split_text(head.text, min(FIRST_MAX_WORDS, budget[0]), min(FIRST_TARGET_WORDS, budget[1]), budget[2])[0]
+        rest = [(head.speaker, c.text) for c in split_text(head.text[first.end:], *budget)]
+        turns = [(head.speaker, first.text), *rest, *turns[1:]]
+    return turns
+
+
 def derived_seed(request: SynthRequest) -> int:
     """A seed from what determines the voice of `request` and its whole text (not the chunk):
     every chunk of one request gets the same, and the same request gets it again."""
@@ -56,15 +74,28 @@ def derived_seed(request: SynthRequest) -> int:
     return int.from_bytes(hashlib.sha256(raw).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def chunk_requests(whole: SynthRequest, texts: list[str], request_key: str) -> list[SynthRequest]:
+def chunk_requests(whole: SynthRequest, texts: list[str], request_key: str,
+                   speakers: list[str | None] | None = None, cast: Cast | None = None) -> list[SynthRequest]:
     """One request per chunk text, index-tagged, all with the seed of the whole; a text of one
-    chunk is the request itself, unchanged (its cache key is what it always was)."""
-    if len(texts) == 1:
+    chunk is the request itself, unchanged (its cache key is what it always was).
+
+    With `speakers` (a text with speaker tags: one per text), each chunk is spoken by its
+    speaker's voice from `cast` (the narrator's, or the request's own, for None) with a seed
+    derived from the whole's and the speaker (`pipeline.text.cast.speaker_seed`)."""
+    if len(texts) == 1 and speakers is None:
         return [whole]
+    cast = cast or Cast()
     seed = whole.sampling.seed if whole.sampling.seed is not None else derived_seed(whole)
-    sampling = whole.sampling.model_copy(update={"seed": seed})
-    return [whole.model_copy(update={"text": text, "chunk_id": f"{request_key}-{i}", "index": i, "sampling": sampling})
-            for i, text in enumerate(texts)]
+    requests = []
+    for i, text in enumerate(texts):
+        speaker = speakers[i] if speakers is not None else None
+        voice = cast.voice_for(speaker) if speakers is not None else None
+        update = {"text": text, "chunk_id": f"{request_key}-{i}", "index": i, "speaker": speaker,
+                  "sampling": whole.sampling.model_copy(update={"seed": speaker_seed(seed, speaker)})}
+        if voice:
+            update.update(voice=voice, reference=None)
+        requests.append(whole.model_copy(update=update))
+    return requests
 
 
 class Joiner:

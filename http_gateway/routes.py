@@ -29,7 +29,8 @@ def _gateway(request: Request) -> Gateway:
 
 def _ask(body: GenerateRequest) -> Ask:
     return Ask(text=body.text, sampling=body.sampling(), system_prompt=body.system_prompt, voice=body.voice,
-               reference_b64=body.reference_audio_base64, reference_text=body.reference_text)
+               reference_b64=body.reference_audio_base64, reference_text=body.reference_text,
+               cast=body.cast, narrator=body.narrator, normalize=body.normalize)
 
 
 def _headers(spoken: Spoken) -> dict[str, str]:
@@ -97,7 +98,8 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     check_format(fmt)  # before any synthesis
     if body.stream_format not in ("audio", "sse"):
         raise BadInput(f"stream_format '{body.stream_format}' is not supported; use 'audio' or 'sse'")
-    ask = Ask(text=body.input, sampling=body.sampling(), voice=body.voice, openai_voices=True)
+    ask = Ask(text=body.input, sampling=body.sampling(), voice=body.voice, openai_voices=True,
+              cast=body.cast, narrator=body.narrator, normalize=body.normalize)
     if body.stream or body.stream_format == "sse":
         return await stream_speech(_gateway(request), ask, request_id_of(request.scope), fmt,
                                    sse=body.stream_format == "sse")
@@ -105,8 +107,3 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     audio = spoken.wav if fmt == "wav" else await asyncio.to_thread(transcode, spoken.wav, fmt)
     return Response(audio, media_type=MEDIA_TYPES[fmt], headers=_headers(spoken))
 
-
-@router.get("/v1/audio/voices")
-async def voices(request: Request) -> dict:
-    """Preset voice names usable as `voice` (the workers' model servers' presets and the store's)."""
-    return {"voices": sorted(await _gateway(request).observer.voices(refresh=True))}

@@ -24,6 +24,15 @@ OPENAI_VOICES = frozenset({
 DEFAULT_VOICE_ALIASES = OPENAI_VOICES | {"default"}
 
 
+CAST_DESCRIPTION = ("voices by speaker or character: {\"SPEAKER0\": \"en_woman\", \"alice\": \"belinda\"} "
+                    "for [SPEAKER0] lines and [voice:alice] tags (docs/voices.md)")
+
+
+class CastFields(BaseModel):
+    cast: dict[str, str] | None = Field(default=None, description=CAST_DESCRIPTION)
+    narrator: str | None = Field(default=None, description="the voice of text outside any speaker tag")
+
+
 class SamplingFields(BaseModel):
     temperature: float = Field(default=1.0, ge=0.1, le=1.5)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)  # vLLM: (0, 1]
@@ -34,16 +43,18 @@ class SamplingFields(BaseModel):
         return Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, max_tokens=self.max_tokens)
 
 
-class GenerateRequest(SamplingFields):
+class GenerateRequest(SamplingFields, CastFields):
     text: str
     system_prompt: str | None = None
     reference_audio_base64: str | None = None
     reference_text: str | None = None
     voice: str | None = Field(default=None, description="a preset voice name (GET /v1/audio/voices)")
     stream: bool = Field(default=False, description="send the WAV as chunks finish (header sizes 'unknown')")
+    normalize: bool | None = Field(default=None, description="false: send the text as written, without the "
+                                   "spoken form (numbers, dates, abbreviations in words); default: the server's TTS_SPOKEN_FORM")
 
 
-class SpeechRequest(SamplingFields):
+class SpeechRequest(SamplingFields, CastFields):
     """OpenAI's `POST /v1/audio/speech` body. `model`, `speed` and `instructions` are accepted
     and not used: the gateway serves its configured model at normal speed."""
 
@@ -58,6 +69,8 @@ class SpeechRequest(SamplingFields):
     stream: bool = False
     # OpenAI's: "sse" streams `speech.audio.delta` events (implies streaming); "audio" the bytes.
     stream_format: str = "audio"
+    normalize: bool | None = Field(default=None, description="false: send the text as written, without the "
+                                   "spoken form (numbers, dates, abbreviations in words); default: the server's TTS_SPOKEN_FORM")
 
 
 class JobChapter(BaseModel):
@@ -66,7 +79,7 @@ class JobChapter(BaseModel):
     text: str
 
 
-class JobRequest(SamplingFields):
+class JobRequest(SamplingFields, CastFields):
     """`POST /jobs`: a book or any long text set, as chapters. Every chapter gets the same voice,
     format, scene prompt, sampling and seed (the seed defaults to one derived from the job id)."""
 
@@ -78,6 +91,9 @@ class JobRequest(SamplingFields):
     system_prompt: str | None = Field(default=None, max_length=10_000)
     format: Literal["wav", "flac", "mp3"] = "wav"
     seed: int | None = None
+    dialogue: bool = Field(default=False, description='quoted speech spoken by cast["dialogue"], the rest by the narrator')
+    normalize: bool | None = Field(default=None, description="false: send the text as written, without the "
+                                   "spoken form (numbers, dates, abbreviations in words); default: the server's TTS_SPOKEN_FORM")
 
     def sampling(self) -> Sampling:
         return super().sampling().model_copy(update={"seed": self.seed})

@@ -26,13 +26,15 @@ from pipeline.contracts.subjects import PRIORITY_INTERACTIVE, Names
 from http_gateway.chunked import ChunkedSpeech
 from http_gateway.errors import BadInput, GenerationFailed, NoAnswer, NotFound, TooLarge, Unavailable
 from http_gateway.link import Link
-from http_gateway.longform import Joiner, chunk_requests, plan_texts, wav_header
+from http_gateway.longform import Joiner, chunk_requests, plan_texts, plan_turns, wav_header
 from http_gateway.metrics import GatewayMetrics
 from http_gateway.observe import Observer
 from http_gateway.outcomes import OutcomeRouter
 from http_gateway.references import decode_reference, store_reference
 from http_gateway.schemas import DEFAULT_VOICE_ALIASES
 from http_gateway.stats import RequestStats
+from pipeline.text.cast import Cast, CastError, UnknownVoice
+from pipeline.text.speakers import speakers_in
 
 log = structlog.get_logger("http_gateway")
 
@@ -66,6 +68,14 @@ class Ask:
     reference_text: str | None = None
     # The speech route maps OpenAI voice names to the default voice instead of a 404.
     openai_voices: bool = False
+    # The spoken form: None = the workers' TTS_SPOKEN_FORM, False = as written.
+    normalize: bool | None = None
+    # Voices by speaker tag or character, and the narrator's (`pipeline.text.cast`).
+    cast: dict[str, str] | None = None
+    narrator: str | None = None
+
+    def voices(self) -> Cast:
+        return Cast.of(self.cast, self.narrator)
 
 
 class Gateway:
@@ -102,7 +112,11 @@ class Gateway:
             raise TooLarge(f"Text is {len(ask.text)} characters; the limit per request is {limit}. "
                            "Send longer texts to the jobs API (POST /jobs): it keeps their progress and "
                            "its chapters can be fetched as they finish.")
+        speakers = speakers_in(ask.text)
+        await self.check_cast(ask.voices(), speakers)
         voice = await self.resolve_voice(ask.voice, ask.openai_voices)
+        if ask.narrator and not speakers:  # no tags: the narrator speaks it all
+            voice = ask.narrator
         reference = None
         if ask.reference_b64:
             if voice:
@@ -112,7 +126,7 @@ class Gateway:
             return SynthRequest(
                 job_id=self.job_id, chunk_id=uuid.uuid4().hex, text=ask.text, voice=voice, reference=reference,
                 system_prompt=ask.system_prompt, sampling=ask.sampling, reply_tag=request_id[:128],
-                reply_to=self.router.reply_subject,
+                reply_to=self.router.reply_subject, normalize=ask.normalize,
             )
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -133,6 +147,35 @@ class Gateway:
             return voice
         raise NotFound(f"Unknown voice '{voice}'. Known voices: {', '.join(sorted(known)) or 'none'}",
                        voices=sorted(known))
+
+    async def check_cast(self, cast: Cast, speakers: list[str]) -> None:
+        """400 for a speaker the cast gives no voice, 404 for a voice nobody knows (before
+        anything is queued)."""
+        if cast.empty and not speakers:
+            return
+        try:
+            cast.check(speakers, None)
+        except CastError as exc:
+            raise BadInput(str(exc)) from None
+        for refresh in (False, True):  # a voice added a moment ago: list again before a 404
+            known = await self.observer.voices(refresh=refresh)
+            try:
+                cast.check(speakers, known)
+                return
+            except UnknownVoice as exc:
+                error = exc
+        raise NotFound(str(error), voices=sorted(known))
+
+    def chunk_plan(self, ask: Ask, request: SynthRequest) -> list[SynthRequest]:
+        """The prepared request as the chunks to speak: `[request]` itself for a text of one
+        chunk without speaker tags; else one request per chunk, each with its speaker's voice."""
+        key = uuid.uuid4().hex
+        turns = plan_turns(request.text, self.settings)
+        if turns == []:
+            raise BadInput("Text cannot be empty: it holds only speaker tags")
+        if turns is None:
+            return chunk_requests(request, plan_texts(request.text, self.settings), key)
+        return chunk_requests(request, [t for _, t in turns], key, [s for s, _ in turns], ask.voices())
 
     async def _reference(self, data_b64: str, transcript: str | None):
         max_bytes, max_s = self.settings.gateway_max_reference_bytes, self.settings.gateway_max_reference_s
@@ -205,13 +248,13 @@ class Gateway:
     async def generate(self, ask: Ask, request_id: str) -> Spoken:
         """The whole answer: one chunk as always, or a long text's chunks joined into one WAV."""
         request = await self.prepare(ask, request_id)
-        texts = plan_texts(request.text, self.settings)
-        if len(texts) == 1:
+        requests = self.chunk_plan(ask, request)
+        if len(requests) == 1 and requests[0] is request:
             return await self.speak(request, request_id)
         started = time.perf_counter()
         self.metrics.long_requests.labels(mode="whole").inc()
         pcm, first_done, chunks = [], None, 0
-        async with self.chunked(request, texts, request_id) as speech:
+        async with self.chunked(requests, request_id) as speech:
             joiner = Joiner(self.settings)
             async for done, wav in speech.pieces():
                 first_done = first_done or done
@@ -223,10 +266,10 @@ class Gateway:
                       chunks=chunks, cached=cached)
 
     @contextlib.asynccontextmanager
-    async def chunked(self, request: SynthRequest, texts: list[str], request_id: str):
-        """A long request's chunks published and tracked (counted once in the stats); on the way
-        out, whatever no outcome answered is withdrawn from the queue."""
-        speech = ChunkedSpeech(self, chunk_requests(request, texts, uuid.uuid4().hex), request_id)
+    async def chunked(self, requests: list[SynthRequest], request_id: str):
+        """A long request's chunks (`chunk_plan`) published and tracked (counted once in the
+        stats); on the way out, whatever no outcome answered is withdrawn from the queue."""
+        speech = ChunkedSpeech(self, requests, request_id)
         self.stats.begin()
         self.metrics.in_flight.inc()
         self.running[request_id] = speech
@@ -246,7 +289,7 @@ class Gateway:
             closing.add_done_callback(self._closing.discard)
             log.info("gateway.long_request", request_id=request_id, chunks=len(speech), ok=ok,
                      cached=speech.cached, elapsed_s=round(time.perf_counter() - started, 3),
-                     chars=sum(len(t) for t in texts))
+                     chars=sum(len(r.text) for r in requests))
 
     def cancel(self, request_id: str) -> int | None:
         """Cancel a running long request of this gateway: its unanswered chunks (None: unknown id)."""

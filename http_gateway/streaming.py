@@ -30,7 +30,7 @@ from pipeline.contracts.messages import AUDIO_TOKENS_PER_S
 from http_gateway.errors import BadInput, GatewayError, StreamCut
 from http_gateway.formats import MEDIA_TYPES, check_format
 from http_gateway.longform import (
-    STREAM_FORMATS, Joiner, mp3_frames, plan_texts, sse_delta, sse_event, wav_header,
+    STREAM_FORMATS, Joiner, mp3_frames, sse_delta, sse_event, wav_header,
 )
 from http_gateway.service import Ask, Gateway
 
@@ -48,9 +48,9 @@ async def stream_speech(gateway: Gateway, ask: Ask, request_id: str, fmt: str, s
     """Publish the request's chunks, wait for the first, and answer with a stream of the rest."""
     check_stream_format(fmt)
     request = await gateway.prepare(ask, request_id)
-    texts = plan_texts(request.text, gateway.settings)
+    requests = gateway.chunk_plan(ask, request)
     gateway.metrics.long_requests.labels(mode="stream").inc()
-    context = gateway.chunked(request, texts, request_id)
+    context = gateway.chunked(requests, request_id)
     speech = await context.__aenter__()
     pieces = speech.pieces()
     try:
@@ -76,7 +76,7 @@ async def stream_speech(gateway: Gateway, ask: Ask, request_id: str, fmt: str, s
                 audio = await encoded(done, wav)
                 yield sse_delta(audio) if sse else audio
             if sse:
-                words = len(request.text.split())  # OpenAI counts text tokens; words are what we know
+                words = sum(len(r.text.split()) for r in requests)  # OpenAI counts text tokens; words are what we know
                 audio_tokens = int(round(joiner.samples / rate * AUDIO_TOKENS_PER_S))
                 yield sse_event({"type": "speech.audio.done",
                                  "usage": {"input_tokens": words, "output_tokens": audio_tokens,
@@ -101,7 +101,7 @@ async def stream_speech(gateway: Gateway, ask: Ask, request_id: str, fmt: str, s
     # The first chunk's time at the worker (in the queue, then the model call with its checks):
     # what the first byte waited for that was not the gateway's own.
     timings = first[0].timings
-    headers = {"X-Chunks": str(len(texts)), "Cache-Control": "no-store",
+    headers = {"X-Chunks": str(len(requests)), "Cache-Control": "no-store",
                "X-First-Chunk-Queued-Time": f"{timings.queued_s:.3f}",
                "X-First-Chunk-Synth-Time": f"{timings.synth_s:.3f}"}
     return StreamingResponse(body(), media_type=media_type, headers=headers)

@@ -49,6 +49,7 @@ class Cue:
     text: str
     text_start: int
     text_end: int
+    speaker: str | None = None
 
 
 @dataclass
@@ -119,10 +120,16 @@ def _fmt_vtt_time(seconds: float) -> str:
 
 
 def webvtt(cues: list[Cue]) -> str:
+    """WebVTT cues, one per chunk; a chunk with a speaker is a voice span: `<v Alice>text`."""
     lines = ["WEBVTT", ""]
     for cue in cues:
-        lines += [str(cue.index + 1), f"{_fmt_vtt_time(cue.start_s)} --> {_fmt_vtt_time(cue.end_s)}", cue.text, ""]
+        text = cue.text if cue.speaker is None else f"<v {_vtt_escape(cue.speaker)}>{_vtt_escape(cue.text)}"
+        lines += [str(cue.index + 1), f"{_fmt_vtt_time(cue.start_s)} --> {_fmt_vtt_time(cue.end_s)}", text, ""]
     return "\n".join(lines)
+
+
+def _vtt_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 async def fetched(store: Store, chunks: list[PlannedChunk], ahead: int = PREFETCH):
@@ -179,7 +186,7 @@ async def assemble_chapter(store: Store, plan: ChapterPlan, settings: Settings, 
                 size = await asyncio.to_thread(join, out, chunk, data, not cues)
                 del data
                 cues.append(Cue(chunk.index, chunk.chunk_id, written / rate, (written + size) / rate,
-                                chunk.text, chunk.start, chunk.end))
+                                chunk.text, chunk.start, chunk.end, chunk.speaker))
                 written += size
                 if keepalive is not None:
                     await keepalive()

@@ -26,9 +26,12 @@ from pipeline.contracts.messages import ChapterFailed, ChapterSubmit, DeadLetter
 from pipeline.contracts.policy import DeliveryPolicy
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import INVALID_JOB, PRIORITY_BULK, TOKEN_RE, Names
+from pipeline.jobs import cast as casting
 from pipeline.jobs import state as jobs
 from pipeline.store import Store, audio_key
-from pipeline.text.split import split_text
+from pipeline.synthesis.voices import VoiceBook
+from pipeline.text.speakers import split_speakers
+from pipeline.text.spoken import as_spoken
 
 log = structlog.get_logger("pipeline.ingest")
 
@@ -49,30 +52,40 @@ class Ingestor:
         self.js = js
         self.store = store
         self.names = names or Names(settings.namespace)
+        self.voices = VoiceBook(store, settings.voice_cache_s)
 
     def plan(self, submit: ChapterSubmit) -> jobs.ChapterPlan:
-        chunks = split_text(submit.text, max_words=self.settings.chunk_max_words,
-                            target_words=self.settings.chunk_target_words, max_chars=self.settings.chunk_max_chars)
+        """The chapter's chunks (one speaker each: `pipeline.text.speakers`) with their keys."""
+        chunks = split_speakers(submit.text, submit.dialogue, max_words=self.settings.chunk_max_words,
+                                target_words=self.settings.chunk_target_words, max_chars=self.settings.chunk_max_chars)
         if not chunks:
             raise ChapterRejected(submit.job_id, submit.chapter, "empty", "chapter text is empty")
         sampling = jobs.job_sampling(submit)
         plan = jobs.ChapterPlan(
             job_id=submit.job_id, chapter=submit.chapter, title=submit.title, format=submit.format,
             voice=submit.voice, reference=submit.reference, system_prompt=submit.system_prompt,
-            sampling=sampling, chunks=[],
+            sampling=sampling, chunks=[], cast=submit.cast, narrator=submit.narrator,
+            normalize=self.settings.spoken_form if submit.normalize is None else submit.normalize,
         )
         planned = []
         for chunk in chunks:
             chunk_id = jobs.chunk_id_for(submit.chapter, chunk.index)
+            try:
+                voicing = casting.chunk_voicing(submit, sampling.seed, chunk)
+            except casting.CastError as exc:
+                raise ChapterRejected(submit.job_id, submit.chapter, "invalid", str(exc)) from None
             draft = jobs.PlannedChunk(index=chunk.index, chunk_id=chunk_id, start=chunk.start, end=chunk.end,
-                                      text=chunk.text, key="")
-            key = audio_key(plan.request(draft).audio_digest(self.settings.model))
-            planned.append(draft.model_copy(update={"key": key}))
+                                      text=chunk.text, key="", **voicing)
+            sent = as_spoken(plan.request(draft), self.settings.spoken_form)
+            key = audio_key(sent.audio_digest(self.settings.model))
+            spoken = sent.text if sent.text != chunk.text else None
+            planned.append(draft.model_copy(update={"key": key, "spoken": spoken}))
         return plan.model_copy(update={"chunks": planned})
 
     async def ingest(self, submit: ChapterSubmit) -> int:
         """Plan, record and publish one chapter. Returns the number of chunk requests published."""
-        plan = self.plan(submit)
+        await self.check_cast(submit)
+        plan = await self.keyed(self.plan(submit))
         kv = await bus.jobs_kv(self.js, self.names)
 
         def job_change(state: jobs.JobState | None) -> jobs.JobState | None:
@@ -82,8 +95,12 @@ class Ingestor:
                 raise ChapterRejected(submit.job_id, submit.chapter, "invalid",
                                       f"job has {state.total_chapters} chapters, this chapter says {submit.total_chapters}")
             key = str(submit.chapter)
-            if key in state.chapters and state.titles.get(key) == submit.title:
+            # The voices it uses, also for chapters published straight to the bus (no
+            # `register_job`): a voice in use cannot be deleted from the library.
+            used = {v for v in (submit.voice, submit.narrator, *(submit.cast or {}).values()) if v}
+            if key in state.chapters and state.titles.get(key) == submit.title and used <= set(state.voices):
                 return None
+            state.voices = sorted(set(state.voices) | used)
             state.chapters.setdefault(key, "pending")
             state.titles[key] = submit.title
             return state
@@ -114,6 +131,31 @@ class Ingestor:
         log.info("ingest.chapter", job=submit.job_id, chapter=submit.chapter, chunks=len(requests),
                  chars=len(submit.text))
         return len(requests)
+
+    async def keyed(self, plan: jobs.ChapterPlan) -> jobs.ChapterPlan:
+        """`plan` with the audio keys the worker will compute: a chunk whose voice is a synced preset
+        (or library voice) is keyed by the preset's reference, as the worker resolves it."""
+        chunks = []
+        for chunk in plan.chunks:
+            request = plan.request(chunk)
+            if request.voice:
+                resolved = await self.voices.resolve(request)
+                if resolved is not request:
+                    sent = as_spoken(resolved, self.settings.spoken_form)
+                    chunk = chunk.model_copy(update={"key": audio_key(sent.audio_digest(self.settings.model))})
+            chunks.append(chunk)
+        return plan.model_copy(update={"chunks": chunks})
+
+    async def check_cast(self, submit: ChapterSubmit) -> None:
+        """`ChapterRejected` ("unknown_voice") when the chapter's cast names a voice nobody has."""
+        if submit.cast is None and submit.narrator is None and not submit.dialogue and not submit.text.count("["):
+            return
+        known = await casting.known_voices(self.js, self.store, self.names)
+        try:
+            casting.check_submit(submit, known)
+        except casting.CastError as exc:
+            reason = "unknown_voice" if isinstance(exc, casting.UnknownVoice) else "invalid"
+            raise ChapterRejected(submit.job_id, submit.chapter, reason, str(exc)) from None
 
     async def reject(self, msg_subject: str, data: bytes, seq: int | None, attempts: int, exc: ChapterRejected) -> None:
         """Failed event + dead letter for a chapter that cannot be ingested."""

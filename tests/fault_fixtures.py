@@ -34,6 +34,7 @@ from pipeline.store import open_store
 from pipeline.contracts.settings import Settings
 from pipeline.store import audio_key
 from pipeline.contracts.subjects import Names, synth_msg_id
+from pipeline.text.spoken import as_spoken
 from tests.conftest import BUCKET
 
 CLI = [sys.executable, "-m", "pipeline.cli"]
@@ -335,8 +336,9 @@ class Observer:
         return set(await self.store.list_keys("audio/"))
 
     def expected_keys(self, requests: list[SynthRequest]) -> dict[str, str]:
-        """chunk id -> the audio key its request must end at."""
-        return {r.chunk_id: audio_key(r.audio_digest(self.settings.model)) for r in requests}
+        """chunk id -> the audio key its request must end at (keyed on the spoken form, as the worker does)."""
+        return {r.chunk_id: audio_key(as_spoken(r, self.settings.spoken_form).audio_digest(self.settings.model))
+                for r in requests}
 
     async def heartbeat(self, worker: str) -> WorkerHeartbeat | None:
         kv = await bus.workers_kv(self.js, self.names)

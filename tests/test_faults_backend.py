@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from pipeline.contracts.messages import SynthRequest
+from pipeline.text.spoken import spoken
 from tests.fault_fixtures import (  # noqa: F401 - fixtures
     PRODUCTION_RETRY, logs_to_this_test, make_requests, observers, report, sim_stats, worker_procs,
 )
@@ -26,8 +27,9 @@ MAX_DELIVER = 3  # 0.25 ** 3: about 1.6 % of chunks fail every delivery, so both
 
 
 def text_key(text: str) -> str:
-    """How the stand-in keys its per-text call counts (`calls_by_text`)."""
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+    """How the stand-in keys its per-text call counts (`calls_by_text`): on the text it was sent,
+    the spoken form ("item seven")."""
+    return hashlib.sha1(spoken(text).encode()).hexdigest()[:12]
 
 
 async def test_503s_and_hangs_end_as_audio_or_reasoned_dead_letters(sims, make_settings, observers, worker_procs,

@@ -151,7 +151,7 @@ async def test_what_reaches_the_model_server(sims, harness, gateway, recording_p
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[1]["content"] == DEFAULT_REFERENCE_TEXT == "Please speak naturally."
     assert base64.b64decode(messages[2]["content"][0]["input_audio"]["data"]) == reference
-    assert messages[3]["content"] == "A cloned voice, take 0."
+    assert messages[3]["content"] == "A cloned voice, take zero."  # the spoken form (docs/spoken.md)
     custom_messages = chats[3]["messages"]
     assert custom_messages[0]["content"] == "Stormy night."
     assert custom_messages[1]["content"] == "What the reference says."

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("contracts", ("pipeline", "pipeline.contracts")),
     ("audio and text", ("pipeline.audio", "pipeline.text")),
     ("edges: store, model-server client, bus, engines, embedded servers", (
-        "pipeline.store", "pipeline.backend", "pipeline.bus", "pipeline.client", "pipeline.engines",
+        "pipeline.store", "pipeline.backend", "pipeline.bus", "pipeline.client", "pipeline.engines", "pipeline.voicelib",
         "pipeline.stack", "pipeline.stack.ports", "pipeline.stack.servers", "pipeline.stack.seaweed",
         "pipeline.stack.devstack",
     )),

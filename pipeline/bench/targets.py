@@ -23,7 +23,7 @@ from pipeline.contracts.settings import Settings
 
 HEALTH_TIMEOUT_S = 5.0
 # Answers of the stand-in's stats that would flood the summary.
-_STATS_DROPPED = ("calls_by_text", "config")
+_STATS_DROPPED = ("calls_by_text", "calls_log", "config")
 
 
 def open_target(settings: Settings, options: BenchOptions):

@@ -17,6 +17,7 @@ from pipeline.contracts.messages import ChapterSubmit
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import MANIFEST_KEY, Names
 from pipeline.jobs import api as jobs_api
+from pipeline.jobs import cast as casting
 
 POLL_S = 0.5
 
@@ -44,14 +45,19 @@ def default_job_id(path: Path) -> str:
     return jobs_api.default_job_id(path.stem)
 
 
-def build_submits(chapters, job_id: str, voice: str | None, fmt: str) -> list[ChapterSubmit]:
+def build_submits(chapters, job_id: str, voice: str | None, fmt: str, cast: str | None = None,
+                  narrator: str | None = None, dialogue: bool = False,
+                  normalize: bool | None = None) -> list[ChapterSubmit]:
     try:
-        return jobs_api.build_submits(chapters, job_id, voice=voice, fmt=fmt)
+        return jobs_api.build_submits(chapters, job_id, voice=voice, fmt=fmt, cast=jobs_api.parse_cast(cast),
+                                      narrator=narrator, dialogue=dialogue, normalize=normalize)
     except jobs_api.JobInputError as exc:
         raise StartupError(f"cannot submit: {exc}") from None
 
 
-async def submit(settings: Settings, file: str, voice: str | None, fmt: str, job_id: str | None, wait: bool) -> int:
+async def submit(settings: Settings, file: str, voice: str | None, fmt: str, job_id: str | None, wait: bool,
+                 cast: str | None = None, narrator: str | None = None, dialogue: bool = False,
+                 normalize: bool | None = None) -> int:
     from pipeline.text.books import read_book
     from pipeline.text.chapters import BookError
 
@@ -63,9 +69,15 @@ async def submit(settings: Settings, file: str, voice: str | None, fmt: str, job
     if not chapters:
         raise StartupError(f"{file} has no text to speak")
     job_id = job_id or default_job_id(path)
-    submits = build_submits(chapters, job_id, voice, fmt)
+    submits = build_submits(chapters, job_id, voice, fmt, cast, narrator, dialogue, normalize)
     names = Names(settings.namespace)
     async with connection(settings, "tts-submit") as (js, store, kv):
+        if cast or narrator or dialogue or any("[" in s.text for s in submits):
+            known = await casting.known_voices(js, store, names)
+            try:
+                casting.check_submits(submits, known)
+            except casting.CastError as exc:
+                raise StartupError(f"cannot submit: {exc}") from None
         try:
             await jobs_api.register_job(kv, submits)
         except jobs_api.JobConflict as exc:

@@ -7,6 +7,7 @@
     tts-pipeline engine --kind piper     real speech on a CPU (Piper), same protocol
     tts-pipeline voices sync             upload voice_presets/ to voices/ in the bucket
     tts-pipeline say TEXT                synthesise one text through the bus, save the WAV
+    tts-pipeline spoken FILE|-           print a text's chunks as they will be read (the spoken form)
     tts-pipeline gateway                 the HTTP gateway (/generate, /v1/audio/speech) on port 8888
     tts-pipeline dlq list|show|replay    inspect dead letters and re-drive them
     tts-pipeline bench [-n 10 -c 5]      the original benchmark against the gateway, a model server or the bus
@@ -62,12 +63,20 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     settings = _settings()
     logs.configure("warning", settings.log_json)
     if args.command == "submit":
-        return asyncio.run(jobs_cli.submit(settings, args.file, args.voice, args.format, args.job_id, not args.no_wait))
+        return asyncio.run(jobs_cli.submit(settings, args.file, args.voice, args.format, args.job_id, not args.no_wait,
+                                           args.cast, args.narrator, args.dialogue,
+                                           normalize=False if args.no_normalize else None))
     if args.command == "status":
         return asyncio.run(jobs_cli.status(settings, args.job_id, args.json))
     if args.command == "fetch":
         return asyncio.run(jobs_cli.fetch(settings, args.job_id, args.out))
     return asyncio.run(jobs_cli.retry(settings, args.job_id))
+
+
+def _cmd_spoken(args: argparse.Namespace) -> int:
+    from pipeline.cli import spoken
+
+    return spoken.run(_settings(), args.file, args.written, dialogue=args.dialogue)
 
 
 def _cmd_engine(args: argparse.Namespace) -> int:
@@ -199,10 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit a book (.txt, .md, .epub) as a job and follow its progress")
     p.add_argument("file")
     p.add_argument("--voice", default=None, help="a preset voice for every chapter")
+    p.add_argument("--cast", default=None,
+                   help="voices of speaker tags and characters: alice=en_woman,SPEAKER1=en_man or a JSON file")
+    p.add_argument("--narrator", default=None, help="the voice of text outside any speaker tag")
+    p.add_argument("--dialogue", action="store_true",
+                   help='quoted speech spoken by the cast\'s "dialogue" voice, narration by the narrator')
     p.add_argument("--format", choices=["wav", "flac", "mp3"], default="wav")
     p.add_argument("--job-id", default=None, help="default: the file name plus a random suffix")
     p.add_argument("--no-wait", action="store_true", help="submit and exit without following progress")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="send the text as written, without the spoken form (see `tts-pipeline spoken`)")
     p.set_defaults(func=_cmd_jobs)
+
+    p = sub.add_parser("spoken", help="print a text's chunks in the spoken form the model will read")
+    p.add_argument("file", help="a .txt, .md or .epub book, any UTF-8 text file, or - for standard input")
+    p.add_argument("--written", action="store_true", help="print each chunk's written form above its spoken form")
+    p.add_argument("--dialogue", action="store_true", help="cut quoted speech apart as a job's dialogue mode does")
+    p.set_defaults(func=_cmd_spoken)
 
     p = sub.add_parser("status", help="a job's chapters and chunk counts")
     p.add_argument("job_id")

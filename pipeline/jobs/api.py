@@ -15,6 +15,7 @@ What callers can rely on:
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -67,23 +68,46 @@ def build_submits(
     chapters: Sequence[ChapterLike], job_id: str, *, voice: str | None = None, fmt: AudioFormat | str = "wav",
     sampling: Sampling | None = None, system_prompt: str | None = None, reference: Reference | None = None,
     cast: dict[str, str] | None = None, narrator: str | None = None, dialogue: bool = False,
+    normalize: bool | None = None,
 ) -> list[ChapterSubmit]:
-    """One `ChapterSubmit` per chapter, in order; `JobInputError` for anything the bus would refuse."""
+    """One `ChapterSubmit` per chapter, in order; `JobInputError` for anything the bus would refuse
+    (a cast's voices are checked against the known ones by the caller: `pipeline.jobs.cast`)."""
     extra = {k: v for k, v in (("sampling", sampling), ("system_prompt", system_prompt),
-                               ("reference", reference), ("cast", cast or None), ("narrator", narrator))
+                               ("reference", reference), ("cast", cast or None), ("narrator", narrator),
+                               ("normalize", normalize))
              if v is not None}
-    if dialogue:
-        extra["dialogue"] = True
     try:
         return [
             ChapterSubmit(job_id=job_id, chapter=i, total_chapters=len(chapters), title=c.title, text=c.text,
-                          voice=voice, format=fmt, **extra)
+                          voice=voice, format=fmt, dialogue=dialogue, **extra)
             for i, c in enumerate(chapters)
         ]
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "chapter"
         raise JobInputError(f"{where}: {first['msg']}") from None
+
+
+def parse_cast(value: str | None) -> dict[str, str] | None:
+    """`--cast`: `alice=en_woman,SPEAKER1=en_man`, or a JSON file of {speaker: voice}."""
+    if not value:
+        return None
+    if "=" not in value:
+        try:
+            with open(value, encoding="utf-8") as f:
+                cast = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise JobInputError(f"cast: {value} is neither name=voice pairs nor a readable JSON file ({exc})") from None
+        if not isinstance(cast, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in cast.items()):
+            raise JobInputError(f'cast: {value} must hold one JSON object of {{"speaker": "voice"}}')
+        return cast
+    cast = {}
+    for pair in value.split(","):
+        name, sep, voice = pair.partition("=")
+        if not sep or not name.strip() or not voice.strip():
+            raise JobInputError(f"cast: {pair!r} is not speaker=voice")
+        cast[name.strip()] = voice.strip()
+    return cast
 
 
 async def register_job(kv, submits: Sequence[ChapterSubmit], title: str = "") -> jobs.JobState:
@@ -99,9 +123,32 @@ async def register_job(kv, submits: Sequence[ChapterSubmit], title: str = "") ->
         # The same shape ingest writes, so that its own update of this key changes nothing.
         return jobs.JobState(job_id=first.job_id, total_chapters=first.total_chapters, format=first.format,
                              chapters={str(s.chapter): "pending" for s in submits},
-                             titles={str(s.chapter): s.title for s in submits}, title=title)
+                             titles={str(s.chapter): s.title for s in submits}, title=title,
+                             voices=job_voices(submits))
 
     return await jobs.mutate(kv, jobs.job_key(first.job_id), jobs.JobState, change)
+
+
+def job_voices(submits: Sequence[ChapterSubmit]) -> list[str]:
+    """Every voice name the chapters use: `voice`, `narrator` and the `cast`'s voices."""
+    return sorted({v for s in submits for v in (s.voice, s.narrator, *(s.cast or {}).values()) if v})
+
+
+async def jobs_using_voice(kv, name: str) -> list[str]:
+    """Ids of the jobs not finished (running, or failed and still retryable) that use voice `name`."""
+    try:
+        keys = await kv.keys()
+    except Exception as exc:  # nats-py raises NoKeysError for an empty bucket
+        if type(exc).__name__ == "NoKeysError":
+            return []
+        raise
+    users = []
+    for key in keys:
+        if key.endswith(".job"):
+            state = await jobs.read(kv, key, jobs.JobState)
+            if state is not None and state.finished_at is None and name in state.voices:
+                users.append(state.job_id)
+    return sorted(users)
 
 
 async def publish_chapters(js, names: Names, submits: Iterable[ChapterSubmit]) -> int:

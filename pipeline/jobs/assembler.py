@@ -216,7 +216,9 @@ class Assembler:
                 "chapter": state.chapter, "title": state.title, "key": state.key, "format": state.format,
                 "duration_s": state.duration_s, "bytes": state.bytes,
                 "subtitles_key": SUBTITLES_KEY.format(job_id=job.job_id, index=state.chapter, slug=slug(state.title)),
-                "chunks": [{**cue, "audio_key": chunk.key} for cue, chunk in zip(timing, plan.chunks)],
+                # `text` as written (the subtitles' form), `spoken` as sent to the model.
+                "chunks": [{**cue, "spoken": chunk.spoken or chunk.text, "audio_key": chunk.key, "voice": plan.voice_of(chunk)}
+                           for cue, chunk in zip(timing, plan.chunks)],
             })
         finished_at = time.time()
         manifest = {
@@ -224,6 +226,8 @@ class Assembler:
             "duration_s": round(sum(c["duration_s"] or 0 for c in chapters), 4),
             "pause_s": self.settings.pause_s, "chapters": chapters,
         }
+        if details and (details[0][0].cast or details[0][0].narrator):
+            manifest["cast"], manifest["narrator"] = details[0][0].cast or {}, details[0][0].narrator
         manifest_key = MANIFEST_KEY.format(job_id=job.job_id)
         await self.store.put(manifest_key, json.dumps(manifest, indent=1).encode(), "application/json")
         kv = await self.kv()

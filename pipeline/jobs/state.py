@@ -46,6 +46,8 @@ class JobState(_State):
     title: str = ""
     # Set by a cancel (`pipeline/jobs/control.py`): workers skip the job's queued chunks; a retry clears it.
     cancelled_at: float | None = None
+    # Voice names the job's chapters use (voice, narrator, cast): a voice in use cannot be deleted.
+    voices: list[str] = Field(default_factory=list)
 
     @property
     def chapters_done(self) -> int:
@@ -89,10 +91,18 @@ class PlannedChunk(BaseModel):
     end: int
     text: str
     key: str
+    # The text as sent to the model (pipeline/text/spoken) when it differs from `text`; `key` is
+    # computed on it, exactly as the synth worker computes its own.
+    spoken: str | None = None
     # The stored audio's integrated loudness (LUFS), when known: ingest plans before anything is
     # synthesised, so the stored plans have none; the assembler fills it in from the chunk events
     # (`ChapterPlan.with_loudness`) and measures only the chunks still without one.
     loudness_lufs: float | None = None
+    # Who speaks it and the voice and seed that speaker resolved to (None: the plan's own voice,
+    # reference and seed, as for a text without speakers).
+    speaker: str | None = None
+    voice: str | None = None
+    seed: int | None = None
 
 
 class ChapterPlan(BaseModel):
@@ -108,6 +118,12 @@ class ChapterPlan(BaseModel):
     system_prompt: str | None = None
     sampling: Sampling
     chunks: list[PlannedChunk]
+    # The job's cast (speaker -> voice) and narrator voice, as submitted.
+    cast: dict[str, str] | None = None
+    narrator: str | None = None
+    # The spoken form, decided once at plan time (the submitter's choice, else the planner's
+    # TTS_SPOKEN_FORM) and carried on every request, so the workers' keys equal the plan's.
+    normalize: bool | None = None
 
     def with_loudness(self, levels: dict[str, float]) -> ChapterPlan:
         """This plan with each chunk's loudness taken from `levels` (chunk index -> LUFS)."""
@@ -115,11 +131,20 @@ class ChapterPlan(BaseModel):
         return self.model_copy(update={"chunks": chunks})
 
     def request(self, chunk: PlannedChunk) -> SynthRequest:
+        voice, reference, sampling = self.voice, self.reference, self.sampling
+        if chunk.voice:
+            voice, reference = chunk.voice, None
+        if chunk.seed is not None:
+            sampling = sampling.model_copy(update={"seed": chunk.seed})
         return SynthRequest(
-            job_id=self.job_id, chunk_id=chunk.chunk_id, text=chunk.text, voice=self.voice,
-            reference=self.reference, system_prompt=self.system_prompt, sampling=self.sampling,
-            chapter=self.chapter, index=chunk.index,
+            job_id=self.job_id, chunk_id=chunk.chunk_id, text=chunk.text, voice=voice,
+            reference=reference, system_prompt=self.system_prompt, sampling=sampling,
+            chapter=self.chapter, index=chunk.index, speaker=chunk.speaker, normalize=self.normalize,
         )
+
+    def voice_of(self, chunk: PlannedChunk) -> str | None:
+        """The voice name a chunk is spoken with ("reference" for a cloned one; None: default)."""
+        return chunk.voice or self.voice or ("reference" if self.reference else None)
 
 
 def job_key(job_id: str) -> str:

@@ -25,6 +25,7 @@ from pipeline.contracts.policy import failure_reason
 from pipeline.contracts.subjects import INVALID_JOB, TOKEN_RE, event_msg_id
 from pipeline.store import audio_key
 from pipeline.synthesis.scheduling import _CallSlot
+from pipeline.text.spoken import as_spoken
 
 log = structlog.get_logger("pipeline.synth")
 
@@ -133,7 +134,14 @@ class MessageHandling:
     async def _process(self, msg: Msg, request: SynthRequest, attempt: int, priority: str, slot: _CallSlot) -> None:
         started = time.perf_counter()
         queued_s = max(0.0, time.time() - msg.metadata.timestamp.timestamp()) if msg.metadata else 0.0
+        # The voice asked for, for the record (a preset resolves to a reference below).
+        voice_used = request.voice or ("reference" if request.reference else None)
         request = await self.voices.resolve(request)  # the key then covers the preset's audio
+        # From here on the text is what the model reads: the spoken form (unless the request or
+        # TTS_SPOKEN_FORM says otherwise) sets the token cap, the ASR gate's expected text and the
+        # key, so two spellings that sound the same share one audio.
+        written = request.text
+        request = as_spoken(request, self.settings.spoken_form)
         key = audio_key(request.audio_digest(self.settings.model))
         reply_to = self._reply_subject(request)
         synth_s = store_s = 0.0
@@ -148,6 +156,8 @@ class MessageHandling:
                 sample_rate_hz=sample_rate_hz, bytes=size, cached=cached, attempt=attempt, backend=backend_url,
                 worker=self.name, chapter=request.chapter, index=request.index, reply_tag=request.reply_tag,
                 repaired=repairs, engine_note=engine_note, wer=wer, takes=takes,
+                speaker=request.speaker, voice=voice_used,
+                spoken=request.text if request.text != written else None,
                 loudness_lufs=None if loudness is None else round(loudness, 2),
                 timings=ChunkTimings(queued_s=round(queued_s, 4), synth_s=round(synth_s, 4),
                                      store_s=round(store_s, 4), total_s=round(time.perf_counter() - started, 4)),

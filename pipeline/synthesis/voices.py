@@ -7,7 +7,8 @@ Folder layout (`TTS_VOICE_PRESETS_DIR`, default `voice_presets/`), one preset pe
     <name>.json   optional: {"system_prompt": "..."}: a scene prompt used with this voice
 
 `sync_presets` uploads each as `voices/<name>.wav` (canonical 24 kHz mono 16-bit) and
-`voices/<name>.json` (`VoicePreset`). A request's voice name then resolves (`VoiceBook.resolve`):
+`voices/<name>.json` (`VoicePreset`, source "preset"), through `pipeline/voicelib.py`, the same
+record and the same writes as a voice uploaded to the gateway (`POST /v1/audio/voices`). A request's voice name then resolves (`VoiceBook.resolve`):
 
 - a synced preset becomes a reference: the worker sends the preset's audio and transcript to the
   chat endpoint (voice cloning) and its scene prompt unless the request has its own;
@@ -19,41 +20,21 @@ A synced preset wins over a built-in of the same name. Lookups are cached for `v
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.audio.checks import encode_wav, resample
-from pipeline.contracts.errors import Permanent
-from pipeline.contracts.messages import Reference, SynthRequest
-from pipeline.contracts.subjects import VOICE_AUDIO_KEY, VOICE_META_KEY, check_token
-from pipeline.store import Store, open_store, sha256_hex
+from pipeline.contracts.messages import SynthRequest
+from pipeline.contracts.subjects import check_token
+from pipeline.store import Store, open_store
+from pipeline.voicelib import (  # noqa: F401 (VoicePreset, canonical_reference: re-exported)
+    PresetError, VoicePreset, canonical_reference, read_voice, store_voice,
+)
 
 log = structlog.get_logger("pipeline.voices")
-
-PRESET_MAX_S = 60.0
-
-
-class VoicePreset(BaseModel):
-    """What `voices/<name>.json` holds."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-    name: str
-    transcript: str
-    system_prompt: str | None = None
-    audio_key: str
-    audio_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    duration_s: float
-
-    def reference(self) -> Reference:
-        return Reference(audio_key=self.audio_key, transcript=self.transcript, audio_sha256=self.audio_sha256)
 
 
 @dataclass(frozen=True)
@@ -62,10 +43,6 @@ class LocalPreset:
     wav_path: Path
     transcript: str
     system_prompt: str | None
-
-
-class PresetError(Permanent):
-    """A preset folder entry that cannot be used; the message names the file and the problem."""
 
 
 def read_folder(folder: Path) -> list[LocalPreset]:
@@ -97,21 +74,6 @@ def read_folder(folder: Path) -> list[LocalPreset]:
     return presets
 
 
-def canonical_reference(data: bytes, sample_rate_hz: int) -> tuple[bytes, float]:
-    """Any audio file soundfile reads -> (mono 16-bit WAV at `sample_rate_hz`, duration in s)."""
-    try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise PresetError(f"unreadable audio: {exc}") from None
-    mono = samples.mean(axis=1).astype(np.int16) if samples.shape[1] > 1 else samples[:, 0]
-    if mono.size == 0:
-        raise PresetError("the audio is empty")
-    duration_s = mono.size / rate
-    if duration_s > PRESET_MAX_S:
-        raise PresetError(f"the audio lasts {duration_s:.0f} s; a reference voice needs at most {PRESET_MAX_S:.0f} s")
-    return encode_wav(resample(mono, rate, sample_rate_hz), sample_rate_hz), duration_s
-
-
 async def sync_presets(store: Store, folder: Path, sample_rate_hz: int = 24000) -> list[VoicePreset]:
     """Upload every preset of `folder` to `voices/` (audio first, so a visible JSON always has
     its audio). Re-running it is harmless; it overwrites presets of the same name."""
@@ -121,13 +83,8 @@ async def sync_presets(store: Store, folder: Path, sample_rate_hz: int = 24000) 
             wav, duration_s = canonical_reference(local.wav_path.read_bytes(), sample_rate_hz)
         except PresetError as exc:
             raise PresetError(f"{local.wav_path.name}: {exc}") from None
-        preset = VoicePreset(
-            name=local.name, transcript=local.transcript, system_prompt=local.system_prompt,
-            audio_key=VOICE_AUDIO_KEY.format(name=local.name), audio_sha256=sha256_hex(wav),
-            duration_s=round(duration_s, 3),
-        )
-        await store.put(preset.audio_key, wav, "audio/wav")
-        await store.put(VOICE_META_KEY.format(name=local.name), preset.model_dump_json().encode(), "application/json")
+        preset = await store_voice(store, local.name, wav, local.transcript, local.system_prompt, duration_s,
+                                   "preset")
         log.info("voices.synced", voice=local.name, duration_s=preset.duration_s)
         synced.append(preset)
     return synced
@@ -147,13 +104,7 @@ class VoiceBook:
         hit = self._cache.get(name)
         if hit is not None and now - hit[0] < self.cache_s:
             return hit[1]
-        key = VOICE_META_KEY.format(name=name)
-        preset = None
-        if await self.store.head(key) is not None:
-            try:
-                preset = VoicePreset.model_validate_json(await self.store.get(key))
-            except ValidationError as exc:
-                raise PresetError(f"voice preset {key} is malformed: {exc.errors()[0].get('msg')}") from None
+        preset = await read_voice(self.store, name)
         self._cache[name] = (now, preset)
         return preset
 

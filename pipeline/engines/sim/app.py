@@ -22,7 +22,7 @@ from pipeline.engines.serving import (
 from pipeline.engines.sim import audio as simaudio
 from pipeline.engines.sim.config import SimConfig
 from pipeline.engines.sim.faults import _generate, _token_limit
-from pipeline.engines.sim.state import _SimState
+from pipeline.engines.sim.state import _SimState, reference_sha256
 
 
 class _CallCounter:
@@ -78,7 +78,9 @@ async def _chat_completions(state: _SimState, request: Request) -> Response:
     token_limit = _token_limit(state, prompt_tokens, max_tokens)
     # A cloned voice sounds like its reference; without one, like its system prompt.
     system = " ".join(text_of(m.get("content")) for m in req.messages if m.get("role") == "system")
-    voice = hashlib.sha1((system + reference_audio(req.messages)[:65536]).encode()).hexdigest()
+    reference = reference_audio(req.messages)
+    voice = hashlib.sha1((system + reference[:65536]).encode()).hexdigest()
+    state.record("chat", text, None, reference_sha256(reference), req.seed)
 
     generation = dict(text=text, seed=req.seed or 0, voice=voice, temperature=req.temperature,
                       token_limit=token_limit)
@@ -152,6 +154,7 @@ async def _speech(state: _SimState, request: Request) -> Response:
     if req.response_format == "mp3":
         raise RequestError(400, "mp3 not supported by the stand-in")
     voice = req.voice if req.voice in state.config.voices else state.config.voices[0]
+    state.record("speech", req.input, req.voice, None, (req.model_extra or {}).get("seed"))
     prompt_tokens = speech_prompt_tokens(req.input)
     token_limit = _token_limit(state, prompt_tokens, req.max_tokens)
     audio = await _generate(

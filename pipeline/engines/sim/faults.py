@@ -4,7 +4,6 @@ truncated audio), a slot held while 'generating', the audio."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import numpy as np
 
 from pipeline.engines.serving import RequestError, token_limit
 from pipeline.engines.sim import audio as simaudio
-from pipeline.engines.sim.state import _SimState
+from pipeline.engines.sim.state import _SimState, text_key
 
 
 # --- requests ----------------------------------------------------------------
@@ -41,10 +40,10 @@ async def _generate(
     `on_piece` (a stream) is given the audio in the real server's chunks (0.68 s, then 1 s
     each), each as soon as its tokens are generated; the samples and timing are the same."""
     config = state.config
-    text_key = hashlib.sha1(text.encode()).hexdigest()[:12]
-    attempt = state.counters.calls_by_text.get(text_key, 0)
-    state.counters.calls_by_text[text_key] = attempt + 1
-    rng = random.Random(f"{config.seed_for_faults}:{text_key}:{attempt}")
+    key = text_key(text)
+    attempt = state.counters.calls_by_text.get(key, 0)
+    state.counters.calls_by_text[key] = attempt + 1
+    rng = random.Random(f"{config.seed_for_faults}:{key}:{attempt}")
     # Always draw every fault, in a fixed order, so knobs don't shift each other's draws.
     error, hang, short_header, empty, runaway, overrun = (rng.random() < rate for rate in (
         config.error_rate, config.hang_rate, config.short_header_rate,

@@ -1,0 +1,83 @@
+"""A job's cast at submit and ingest: which voices exist, and each chunk's speaker, voice and seed.
+
+Known voices are what the gateway offers (`GET /v1/audio/voices`): the store's `voices/<name>.json`
+(synced presets and the voice library) plus the presets the live workers' model servers report
+in their heartbeats. With no worker heartbeat readable, the model servers' built-ins cannot be
+listed: `known_voices` then answers None and only the cast's shape is checked (a speaker without
+a voice); the worker fails a chunk whose voice the model server refuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from pipeline import bus
+from pipeline.contracts.messages import ChapterSubmit, WorkerHeartbeat
+from pipeline.contracts.subjects import TOKEN_RE, VOICE_META_KEY, Names
+from pipeline.text.cast import Cast, CastError, UnknownVoice, speaker_seed
+from pipeline.text.speakers import SpeakerChunk, speakers_in
+
+_VOICE_PREFIX = VOICE_META_KEY.split("{", 1)[0]
+_VOICE_SUFFIX = VOICE_META_KEY.rsplit("}", 1)[1]
+
+__all__ = ["Cast", "CastError", "UnknownVoice", "check_submits", "known_voices", "chunk_voicing", "store_voices"]
+
+
+async def store_voices(store) -> set[str]:
+    """Names of the store's `voices/<name>.json` objects."""
+    names = set()
+    for key in await store.list_keys(_VOICE_PREFIX):
+        name = key.removeprefix(_VOICE_PREFIX)
+        if name.endswith(_VOICE_SUFFIX):
+            name = name[: -len(_VOICE_SUFFIX)]
+            if TOKEN_RE.match(name):
+                names.add(name)
+    return names
+
+
+async def heartbeat_voices(js, names: Names) -> set[str] | None:
+    """Voices the live workers' model servers report; None when no heartbeat can be read."""
+    try:
+        kv = await bus.workers_kv(js, names)
+        keys = await kv.keys()
+    except Exception:  # no bucket yet, an empty bucket (NoKeysError), the bus away
+        return None
+    voices: set[str] = set()
+    beats = 0
+    for key in keys:
+        with contextlib.suppress(Exception):
+            entry = await kv.get(key)
+            if entry is not None and entry.value:
+                beat = WorkerHeartbeat.from_bytes(entry.value)
+                beats += 1
+                voices.update(v for b in beat.backends for v in b.voices)
+    return voices if beats else None
+
+
+async def known_voices(js, store, names: Names) -> set[str] | None:
+    """Every voice a cast may name, or None when the model servers' own cannot be known now."""
+    built_in = await heartbeat_voices(js, names)
+    if built_in is None:
+        return None
+    return built_in | await store_voices(store)
+
+
+def check_submits(submits: list[ChapterSubmit], known: set[str] | None) -> None:
+    """`CastError` when a chapter's speakers cannot all be voiced (see `pipeline.text.cast`).
+    With `known` None, voice names are not checked, only that every speaker has one."""
+    for submit in submits:
+        check_submit(submit, known)
+
+
+def check_submit(submit: ChapterSubmit, known: set[str] | None) -> list[str]:
+    cast = Cast.of(submit.cast, submit.narrator)
+    return cast.check(speakers_in(submit.text, submit.dialogue), known)
+
+
+def chunk_voicing(submit: ChapterSubmit, seed: int, chunk: SpeakerChunk) -> dict:
+    """The `PlannedChunk` fields of a chunk's speaker: speaker, voice and seed (None = the plan's)."""
+    if chunk.speaker is None:
+        return {"speaker": None, "voice": submit.narrator, "seed": None}
+    cast = Cast.of(submit.cast, submit.narrator)
+    return {"speaker": chunk.speaker, "voice": cast.voice_for(chunk.speaker),
+            "seed": speaker_seed(seed, chunk.speaker)}
