@@ -29,8 +29,8 @@ from pipeline.jobs import control
 from pipeline.text.books import read_book
 from pipeline.text.chapters import BookError
 
-from http_gateway.errors import BadInput, Conflict, NotFound, Unavailable
-from http_gateway.jobs import KV_TIMEOUT_S, _check_limits, _check_payloads, _gateway, _state, _urls, _view
+from http_gateway.errors import BadInput, NotFound, Unavailable
+from http_gateway.jobs import KV_TIMEOUT_S, _gateway, _state, _urls, _view, submit
 from http_gateway.middleware import request_id_of
 from http_gateway.schemas import JobChapter, JobRequest
 from http_gateway.service import Ask
@@ -115,50 +115,27 @@ async def upload_job(request: Request, file: UploadFile = File(..., description=
     try:
         body = JobRequest(chapters=[JobChapter(title=c.title, text=c.text) for c in chapters], voice=voice or None,
                           format=format, title=title or name, system_prompt=system_prompt or None,
-                          temperature=temperature)
+                          temperature=temperature, cast=parse_cast(cast), narrator=narrator.strip() or None,
+                          dialogue=dialogue)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "form"
         raise BadInput(f"{where}: {first['msg']}") from None
-    _check_limits(body)
-    resolved = await gateway.resolve_voice(body.voice)
-    cast_map = parse_cast(cast)
-    if cast_map:
-        cast_map = {speaker: await gateway.resolve_voice(v) for speaker, v in cast_map.items()}
-    narrator_voice = await gateway.resolve_voice(narrator) if narrator.strip() else None
-    job_id = jobs_api.default_job_id(body.title or name)
-    try:
-        submits = jobs_api.build_submits(body.chapters, job_id, voice=resolved, fmt=body.format,
-                                         sampling=body.sampling(), system_prompt=body.system_prompt,
-                                         cast=cast_map, narrator=narrator_voice, dialogue=dialogue)
-    except jobs_api.JobInputError as exc:
-        raise BadInput(str(exc)) from None
-    js = gateway.link.require_bus()
-    kv = gateway.link.require_jobs()
-    _check_payloads(submits, gateway.link.nc.max_payload)
-    try:
-        await asyncio.wait_for(jobs_api.register_job(kv, submits, title=body.title or name), KV_TIMEOUT_S)
-        await jobs_api.publish_chapters(js, gateway.names, submits)
-    except jobs_api.JobConflict as exc:
-        raise Conflict(str(exc), job_id=job_id) from None
-    except Exception as exc:
-        raise Unavailable(f"message bus unavailable: {type(exc).__name__}", job_id=job_id) from None
-    gateway.metrics.jobs_submitted.inc()
-    gateway.metrics.job_chapters_submitted.inc(len(submits))
-    log.info("gateway.book_uploaded", request_id=request_id_of(request.scope), job=job_id, chapters=len(submits),
-             file=file.filename)
-    answer = {"job_id": job_id, "title": body.title or name, "chapters": len(submits), **_urls(job_id)}
+    answer = await submit(gateway, body, request_id_of(request.scope))
+    log.info("gateway.book_uploaded", request_id=request_id_of(request.scope), job=answer["job_id"],
+             chapters=answer["chapters"], file=file.filename)
     return JSONResponse(answer, status_code=202, headers={"Location": answer["status_url"]})
 
 
 @router.post("/jobs/preview", response_class=Response, responses={200: {"content": {"audio/wav": {}}}})
 async def preview_job(request: Request, file: UploadFile = File(...), voice: str = Form(""),
-                      system_prompt: str = Form("")) -> Response:
+                      system_prompt: str = Form(""), cast: str = Form(""), narrator: str = Form("")) -> Response:
     """About the first 30 s (~75 words, cut at a sentence end) of the book's first chapter, spoken
     in the chosen voice as one WAV, before the whole book is submitted."""
     chapters = await read_upload(file)
     text = preview_text(chapters[0].text)
-    ask = Ask(text=text, sampling=Sampling(), voice=voice or None, system_prompt=system_prompt or None)
+    ask = Ask(text=text, sampling=Sampling(), voice=voice or None, system_prompt=system_prompt or None,
+              cast=parse_cast(cast), narrator=narrator.strip() or None)
     spoken = await _gateway(request).generate(ask, request_id_of(request.scope))
     return Response(spoken.wav, media_type="audio/wav", headers={"X-Preview-Text": text[:200].encode("ascii", "replace").decode()})
 

@@ -94,7 +94,13 @@ def _state(view: jobs_api.JobView) -> dict:
 async def submit_job(body: JobRequest, request: Request) -> JSONResponse:
     """Submit chapters as one job. Blank chapters are left out and the others numbered 0, 1, ...
     in order (`skipped` lists the request indices left out), as `tts-pipeline submit` does."""
-    gateway = _gateway(request)
+    answer = await submit(_gateway(request), body, request_id_of(request.scope))
+    return JSONResponse(answer, status_code=202, headers={"Location": answer["status_url"]})
+
+
+async def submit(gateway: Gateway, body: JobRequest, request_id: str | None) -> dict:
+    """Check, register and publish a job (`POST /jobs`, `POST /jobs/upload`); every check runs
+    before anything is registered or published. Returns the 202 answer's body."""
     if body.format == "mp3" and not mp3_supported():
         raise BadInput("format mp3 is not available on this server (libsndfile without MP3); use wav or flac")
     blank = _check_limits(body)
@@ -127,10 +133,9 @@ async def submit_job(body: JobRequest, request: Request) -> JSONResponse:
                           f"(job_id {job_id})", job_id=job_id) from None
     gateway.metrics.jobs_submitted.inc()
     gateway.metrics.job_chapters_submitted.inc(len(submits))
-    log.info("gateway.job_submitted", request_id=request_id_of(request.scope), job=job_id, chapters=len(submits),
+    log.info("gateway.job_submitted", request_id=request_id, job=job_id, chapters=len(submits),
              published=published, skipped=len(blank), chars=sum(len(s.text) for s in submits))
-    answer = {"job_id": job_id, "chapters": len(submits), "skipped": blank, **_urls(job_id)}
-    return JSONResponse(answer, status_code=202, headers={"Location": answer["status_url"]})
+    return {"job_id": job_id, "title": body.title or "", "chapters": len(submits), "skipped": blank, **_urls(job_id)}
 
 
 @router.get("/jobs/{job_id}")

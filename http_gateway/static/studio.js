@@ -123,6 +123,8 @@ async function preview() {
   const short = new FormData();
   short.append("file", form.get("file"));
   short.append("voice", form.get("voice") || "");
+  short.append("cast", form.get("cast") || "");
+  short.append("narrator", form.get("narrator") || "");
   const response = await api("/jobs/preview", { method: "POST", body: short });
   const audio = $("#preview-audio");
   audio.src = URL.createObjectURL(await response.blob());
