@@ -4,8 +4,14 @@ stack: NATS, SeaweedFS, ingest, synth workers, the assembler, the gateway and th
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 
 import httpx
+import numpy as np
+import soundfile as sf
+
+from pipeline.engines.sim import audio as simaudio
 
 from tests.gateway_fixtures import gateway, wait_for_health  # noqa: F401 (fixtures)
 from tests.studio_fixtures import WAIT_MS, browser, screenshot  # noqa: F401 (fixtures)
@@ -92,6 +98,28 @@ async def test_speak_plays_a_sentence(sims, harness, gateway, browser, screensho
     assert await page.get_attribute("#speak-audio", "aria-label") == "Spoken text"
     assert await page.is_visible("#speak-download")
     await screenshot(page, "speak")
+    assert not errors
+    await client.aclose()
+
+
+async def test_speak_plays_a_long_answer_as_it_arrives(sims, harness, gateway, browser):  # noqa: F811
+    """A text of several chunks, spoken one at a time: the page plays the streamed WAV's first piece
+    before the rest has arrived, then keeps the whole answer as a WAV in the audio element."""
+    sim, h, _, gw, client = await start_stack(sims, harness, gateway, max_in_flight=1, latency_s=0.3)
+    page, errors = await open_page(browser, gw.url)
+    await page.wait_for_function("document.querySelectorAll('#speak-voice option').length > 1")
+    text = " ".join(f"Sentence number {i} of the streamed answer is read by the studio." for i in range(6))
+    await page.fill("#speak-text", text)
+    assert await page.is_checked("#speak-stream")
+    await page.click("#speak-button")
+    await page.wait_for_function("document.querySelector('#speak-status').dataset.totalBytes !== undefined")
+    status = await page.evaluate("({...document.querySelector('#speak-status').dataset})")
+    assert int(status["pieces"]) > 1, status
+    assert int(status["firstPieceAtBytes"]) < int(status["totalBytes"]), status
+    await page.wait_for_function("() => { const a = document.querySelector('#speak-audio');"
+                                 " return a.src && a.duration > 0 && isFinite(a.duration); }")
+    duration = await page.evaluate("document.querySelector('#speak-audio').duration")
+    assert abs(duration - (int(status["totalBytes"]) - 44) / 2 / 24000) < 0.05, (duration, status)
     assert not errors
     await client.aclose()
 
@@ -236,5 +264,54 @@ async def test_with_an_api_key_the_page_asks_for_it_and_shows_no_data(sims, harn
     await page.wait_for_selector("article.job[data-job='secret-book']")
     await page.wait_for_function("document.querySelectorAll('#book-voice option').length > 1")
     assert await page.is_hidden("#key-form")
+    assert not errors
+    await client.aclose()
+
+
+CAST_BOOK = ("# The Visit\n\nThe door opened slowly.\n\n"
+             "[voice:host] Come in, come in. The kettle is on.\n\n"
+             "They sat by the fire until it was late.")
+
+
+async def test_a_clip_added_on_the_page_voices_a_character_of_an_uploaded_book(  # noqa: F811
+        sims, harness, gateway, browser, tmp_path):
+    """Speak view: add a voice from a clip (the voice library); Books view: a tagged book with a
+    cast naming it. The stand-in's record shows the character's chunk cloned from that clip and the
+    narration in the narrator's built-in voice."""
+    sim, h, _, gw, client = await start_stack(sims, harness, gateway)
+    page, errors = await open_page(browser, gw.url)
+    clip = tmp_path / "host.wav"
+    text = "this is how the host sounds when he welcomes a guest into the house on a cold night"
+    sf.write(clip, np.array(simaudio.synthesize(text, seed=3)), 24000, subtype="PCM_16")
+    await page.click("summary:has-text('Add a voice from a clip')")
+    await page.fill("#clip-name", "host_clip")
+    await page.fill("#clip-transcript", text)
+    await page.set_input_files("#clip-file", str(clip))
+    await page.click("#clip-form button[type=submit]")
+    await page.wait_for_function("[...document.querySelectorAll('#book-voice optgroup[label=Library] option')]"
+                                 ".some(o => o.value === 'host_clip')")
+    stored = json.loads(await h.store.get("voices/host_clip.json"))
+    assert stored["source"] == "library"
+
+    await page.click("#nav-books")
+    await page.set_input_files("#book-file", files=[{"name": "visit.md", "mimeType": "text/markdown",
+                                                     "buffer": CAST_BOOK.encode()}])
+    await page.click("summary:has-text('Cast')")
+    await page.fill("#book-cast", "host=host_clip")
+    await page.fill("#book-narrator", "en_woman")
+    await page.click("#submit-button")
+    await page.wait_for_function("document.querySelector('article.job .job-status.status-done') !== null")
+    job_id = await page.get_attribute("article.job", "data-job")
+    manifest = json.loads(await h.store.get(f"jobs/{job_id}/manifest.json"))
+    assert manifest["cast"] == {"host": "host_clip"} and manifest["narrator"] == "en_woman"
+    log = httpx.get(f"{sim.url}/sim/stats", timeout=10, trust_env=False).json()["calls_log"]
+    by_text = {call["text"]: call for call in log}
+    for chunk in manifest["chapters"][0]["chunks"]:
+        call = by_text[hashlib.sha1(chunk["spoken"].encode()).hexdigest()[:12]]
+        if chunk["speaker"] == "host":
+            assert call["endpoint"] == "chat" and call["reference_sha256"] == stored["audio_sha256"], call
+        else:
+            assert call["endpoint"] == "speech" and call["voice"] == "en_woman", call
+    assert {c["speaker"] for c in manifest["chapters"][0]["chunks"]} == {None, "host"}
     assert not errors
     await client.aclose()

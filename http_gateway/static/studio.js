@@ -90,15 +90,75 @@ async function speak(event) {
     const body = { text: $("#speak-text").value, voice: $("#speak-voice").value || null,
                    temperature: Number($("#speak-temp").value) || 1.0 };
     if ($("#speak-scene").value.trim()) body.system_prompt = $("#speak-scene").value.trim();
+    const streamed = $("#speak-stream").checked;
+    if (streamed) body.stream = true;
     const response = await api("/generate", { method: "POST", headers: { "Content-Type": "application/json" },
                                               body: JSON.stringify(body) });
-    const url = URL.createObjectURL(await response.blob());
+    const wav = streamed ? await playAsItArrives(response) : await response.blob();
+    const url = URL.createObjectURL(wav);
     const audio = $("#speak-audio");
     audio.src = url;
     const link = $("#speak-download");
     link.href = url; link.hidden = false;
-    audio.play().catch(() => { /* autoplay may be refused; the controls are there */ });
+    if (!streamed) audio.play().catch(() => { /* autoplay may be refused; the controls are there */ });
   } finally { button.disabled = false; }
+}
+
+// A streamed WAV (`"stream": true`): a 44-byte PCM16 mono header with "unknown" sizes, then
+// samples as each chunk of the text passes its checks. Each piece is played through Web Audio
+// as it arrives, queued after the one before; the whole answer then becomes a normal WAV
+// (sizes filled in) for the <audio> element and the download link.
+async function playAsItArrives(response) {
+  const reader = response.body.getReader();
+  const parts = [];
+  let received = 0, header = null, carry = new Uint8Array(0), context = null, playAt = 0;
+  const status = $("#speak-status");
+  status.dataset.pieces = "0";
+  while (true) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value); received += value.length;
+    let bytes = concat(carry, value);
+    if (!header) {
+      if (bytes.length < 44) { carry = bytes; continue; }
+      header = new DataView(bytes.buffer, bytes.byteOffset, 44);
+      if (header.getUint32(0, false) !== 0x52494646) throw new ApiError("The streamed answer is not a WAV.");
+      context = new AudioContext({ sampleRate: header.getUint32(24, true) });
+      playAt = context.currentTime + 0.1;
+      bytes = bytes.subarray(44);
+    }
+    const usable = bytes.length - (bytes.length % 2);
+    carry = bytes.slice(usable);
+    if (!usable) continue;
+    const samples = new Int16Array(bytes.slice(0, usable).buffer);
+    const buffer = context.createBuffer(1, samples.length, context.sampleRate);
+    const channel = buffer.getChannelData(0);
+    for (let i = 0; i < samples.length; i++) channel[i] = samples[i] / 32768;
+    const source = context.createBufferSource();
+    source.buffer = buffer; source.connect(context.destination);
+    playAt = Math.max(playAt, context.currentTime);
+    source.start(playAt);
+    playAt += buffer.duration;
+    status.dataset.pieces = String(Number(status.dataset.pieces) + 1);
+    if (status.dataset.pieces === "1") status.dataset.firstPieceAtBytes = String(received);
+    status.textContent = `Playing as it arrives: ${(playAt - 0.1).toFixed(1)} s received`;
+  }
+  status.dataset.totalBytes = String(received);
+  status.textContent = `Received ${(Math.max(0, received - 44) / 2 / (context ? context.sampleRate : 24000)).toFixed(1)} s of speech`;
+  const whole = concat(...parts);
+  if (whole.length >= 44) {  // fill in the sizes a stream leaves "unknown"
+    const view = new DataView(whole.buffer);
+    view.setUint32(4, whole.length - 8, true);
+    view.setUint32(40, whole.length - 44, true);
+  }
+  return new Blob([whole], { type: "audio/wav" });
+}
+
+function concat(...arrays) {
+  const out = new Uint8Array(arrays.reduce((n, a) => n + a.length, 0));
+  let at = 0;
+  for (const a of arrays) { out.set(a, at); at += a.length; }
+  return out;
 }
 
 async function addClip(event) {
