@@ -121,7 +121,7 @@ async def upload_job(request: Request, file: UploadFile = File(..., description=
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "form"
         raise BadInput(f"{where}: {first['msg']}") from None
-    answer = await submit(gateway, body, request_id_of(request.scope))
+    answer = {**await submit(gateway, body, request_id_of(request.scope)), "title": body.title}
     log.info("gateway.book_uploaded", request_id=request_id_of(request.scope), job=answer["job_id"],
              chapters=answer["chapters"], file=file.filename)
     return JSONResponse(answer, status_code=202, headers={"Location": answer["status_url"]})

@@ -135,7 +135,7 @@ async def submit(gateway: Gateway, body: JobRequest, request_id: str | None) -> 
     gateway.metrics.job_chapters_submitted.inc(len(submits))
     log.info("gateway.job_submitted", request_id=request_id, job=job_id, chapters=len(submits),
              published=published, skipped=len(blank), chars=sum(len(s.text) for s in submits))
-    return {"job_id": job_id, "title": body.title or "", "chapters": len(submits), "skipped": blank, **_urls(job_id)}
+    return {"job_id": job_id, "chapters": len(submits), "skipped": blank, **_urls(job_id)}
 
 
 @router.get("/jobs/{job_id}")

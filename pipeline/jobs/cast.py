@@ -9,6 +9,7 @@ a voice); the worker fails a chunk whose voice the model server refuses.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from pipeline import bus
@@ -54,9 +55,16 @@ async def heartbeat_voices(js, names: Names) -> set[str] | None:
     return voices if beats else None
 
 
-async def known_voices(js, store, names: Names) -> set[str] | None:
-    """Every voice a cast may name, or None when the model servers' own cannot be known now."""
+async def known_voices(js, store, names: Names, attempts: int = 3, gap_s: float = 0.3) -> set[str] | None:
+    """Every voice a cast may name, or None when the model servers' own cannot be known now
+    (`attempts` reads of the heartbeats, `gap_s` apart: one slow read on a busy bus is not "no
+    worker", which would let an unknown voice through to the workers)."""
     built_in = await heartbeat_voices(js, names)
+    for _ in range(attempts - 1):
+        if built_in is not None:
+            break
+        await asyncio.sleep(gap_s)
+        built_in = await heartbeat_voices(js, names)
     if built_in is None:
         return None
     return built_in | await store_voices(store)
