@@ -40,7 +40,7 @@ def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 60) -> subp
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode != 0
+    assert result.returncode != 0, f"exit 0; stdout: {result.stdout!r}; stderr: {result.stderr!r}"
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
