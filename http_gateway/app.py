@@ -43,6 +43,10 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await gateway.start()
+        # The studio's delivered-audio chart counts from the gateway's start (or, with the bus
+        # away at the start, from the first time it is asked once the bus is up).
+        app.state.audio_meter = studio.AudioMeter()
+        await app.state.audio_meter.ensure(gateway)
         try:
             yield
         finally:

@@ -38,7 +38,8 @@ WINDOW_S = 600  # ten minutes of 10 s buckets
 
 class AudioMeter:
     """Seconds of audio delivered (every `ChunkDone` on the bus, jobs and speech alike) per
-    10-second bucket over the last ten minutes. Subscribes on first use, once the bus is up."""
+    10-second bucket over the last ten minutes. Subscribes at the gateway's start, and again on
+    use after the bus came back (a new connection)."""
 
     def __init__(self) -> None:
         self.buckets: deque[list[float]] = deque(maxlen=WINDOW_S // BUCKET_S)  # [bucket start, audio s]
