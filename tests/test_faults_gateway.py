@@ -23,6 +23,7 @@ from pipeline.contracts.subjects import Names
 from tests.conftest import sim_stats
 from tests.fault_fixtures import logs_to_this_test, observers, report, worker_procs  # noqa: F401 - fixtures
 from tests.gateway_fixtures import gateway  # noqa: F401 - fixture
+from tests.waiting import until
 
 pytestmark = pytest.mark.faults
 
@@ -129,7 +130,12 @@ async def test_a_worker_killed_mid_stream_loses_nothing_and_the_stream_completes
             assert held.num_ack_pending >= 1
             worker_procs.start("synth", settings, "survivor")
             streamed += [piece async for piece in pieces]
-        # Complete: the same bytes as the whole answer, now every chunk from the store.
+        # Complete: the same bytes as the whole answer, now every chunk from the store (once the
+        # survivor has stored and acked what the victim held: replies go out before storing).
+        async def stored() -> bool:
+            return (await observer.js.stream_info(names.synth_stream)).state.messages == 0
+
+        await until(stored, "every chunk of the stream is stored")
         whole = await client.post("/v1/audio/speech", json={**STREAMED_PCM, "stream": False})
         assert whole.status_code == 200 and whole.headers["X-Cache"] == "hit"
         assert b"".join(streamed) == whole.content

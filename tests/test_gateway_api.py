@@ -25,7 +25,7 @@ from pipeline.store import sha256_hex
 from pipeline.contracts.subjects import REFERENCE_KEY
 from tests.conftest import sim_stats
 from tests.gateway_fixtures import gateway, recording_proxy, wait_for_health  # noqa: F401 (fixtures)
-from tests.waiting import until
+from tests.waiting import queue_empty, until
 
 # The original README, verbatim.
 README_GENERATE_BODY = '{"text": "Hello, this is a test of the high throughput system."}'
@@ -88,6 +88,9 @@ async def test_readme_examples_as_written(sims, harness, gateway):
         assert re.fullmatch(r"[0-9a-f]{32}", first.headers["X-Request-Id"])
         assert wav_seconds(first.content) == pytest.approx(10 / 2.5, rel=0.15)
 
+        # The answer came from the worker's reply, sent before storing: once it is stored (acked),
+        # the same request is a cache hit.
+        await until(lambda: queue_empty(h), "the first answer is stored")
         again = await client.post("/generate", content=README_GENERATE_BODY,
                                   headers={**JSON, "X-Request-Id": "client-id-1"})
         assert again.status_code == 200 and again.headers["X-Cache"] == "hit"
@@ -201,6 +204,7 @@ async def test_openai_sdk_writes_files_and_formats(sims, harness, gateway, tmp_p
     assert abs(len(mp3_samples) - len(wav_samples)) < 0.1 * rate  # MP3 pads a frame or two
 
     auth = {"Authorization": "Bearer sdk-key"}
+    await until(lambda: queue_empty(h), "the streamed answer is stored")
     async with aclosing(client):
         for fmt, media_type in (("flac", "audio/flac"), ("pcm", "audio/pcm")):
             r = await client.post("/v1/audio/speech", headers=auth,

@@ -21,7 +21,7 @@ from http_gateway.longform import FIRST_MAX_WORDS, plan_texts
 from pipeline.contracts.settings import Settings
 from tests.conftest import sim_stats
 from tests.gateway_fixtures import gateway, wait_for_health  # noqa: F401 (fixture)
-from tests.waiting import until
+from tests.waiting import queue_empty, until
 
 SENTENCES = [
     "The lighthouse keeper climbed the stairs before dawn, counting each step under his breath.",
@@ -84,7 +84,10 @@ async def test_a_long_text_is_split_spoken_in_parallel_and_joined_whole(sims, ha
         assert len(r.content) == 44 + 2 * frames
         speech_s = sum(len(t.split()) / 2.5 for t in texts) + h.settings.pause_s * (chunks - 1)
         assert frames / 24000 == pytest.approx(speech_s, rel=0.1)
-        # The same text again: every chunk from the store, the same audio, no model call.
+        # The same text again: every chunk from the store, the same audio, no model call. (The answer
+        # above came from the workers' replies, sent before storing: wait until every chunk is
+        # stored, i.e. acked, or a busy store's last put races the second request's lookup.)
+        await until(lambda: queue_empty(h), "every chunk of the first answer is stored")
         again = await client.post("/generate", json={"text": LONG_TEXT})
         assert again.status_code == 200 and again.headers["X-Cache"] == "hit"
         assert again.content == r.content
@@ -101,6 +104,7 @@ async def test_streams_in_every_format_decode_to_the_whole_answer(sims, harness,
         body = {"model": "tts-1", "voice": "alloy", "input": LONG_TEXT}
         whole = await client.post("/v1/audio/speech", json={**body, "response_format": "pcm"})
         assert whole.status_code == 200
+        await until(lambda: queue_empty(h), "every chunk of the first answer is stored")
         completed = sim_stats(sim)["completed"]
 
         async def streamed(fmt: str, **extra) -> tuple[httpx.Response, list[bytes]]:
