@@ -11,7 +11,6 @@ and gateway restarts.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ from pipeline.contracts.messages import Sampling
 from pipeline.contracts.subjects import MANIFEST_KEY, TOKEN_RE
 from pipeline.jobs import api as jobs_api
 from pipeline.jobs import control
+from pipeline.text import cast as text_cast
 from pipeline.text.books import read_book
 from pipeline.text.chapters import BookError
 
@@ -45,27 +45,11 @@ _SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s|$)")
 
 
 def parse_cast(text: str | None) -> dict[str, str] | None:
-    """`cast` as a JSON object or as `speaker=voice` lines; None when blank; BadInput otherwise."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    if text.startswith("{"):
-        try:
-            cast = json.loads(text)
-        except ValueError:
-            raise BadInput("cast: not valid JSON; give {\"speaker\": \"voice\"} or speaker=voice lines") from None
-        if not isinstance(cast, dict) or not all(isinstance(v, str) for v in cast.values()):
-            raise BadInput("cast: give an object of speaker -> voice names")
-        return {str(k).strip(): v.strip() for k, v in cast.items()}
-    cast = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        speaker, sep, voice = line.partition("=")
-        if not sep or not speaker.strip() or not voice.strip():
-            raise BadInput(f"cast: {line.strip()!r} is not speaker=voice")
-        cast[speaker.strip()] = voice.strip()
-    return cast
+    """The form's `cast`: a JSON object or `speaker=voice` lines; None when blank; BadInput otherwise."""
+    try:
+        return text_cast.parse_cast(text)
+    except text_cast.CastError as exc:
+        raise BadInput(str(exc)) from None
 
 
 async def read_upload(file: UploadFile) -> list:

@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass
 
 import structlog
-from pydantic import ValidationError
 
+from pipeline import bus, voicelib
 from pipeline.bus import WORKER_TTL_S
 from pipeline.contracts.messages import WorkerHeartbeat
 from pipeline.contracts.settings import Settings
-from pipeline.contracts.subjects import PRIORITIES, TOKEN_RE, VOICE_META_KEY, Names
+from pipeline.contracts.subjects import PRIORITIES, Names
 
 from http_gateway.link import Link
 
@@ -32,8 +32,6 @@ log = structlog.get_logger("http_gateway.observe")
 HEARTBEAT_CACHE_S = 0.1
 STORE_VOICES_CACHE_S = 5.0
 BUS_READ_TIMEOUT_S = 2.0
-_VOICE_PREFIX = VOICE_META_KEY.split("{", 1)[0]
-_VOICE_SUFFIX = VOICE_META_KEY.rsplit("}", 1)[1]
 
 
 @dataclass(frozen=True)
@@ -76,26 +74,7 @@ class Observer:
             return self._beats
 
     async def _read_beats(self) -> list[WorkerHeartbeat]:
-        kv = self.link.kv
-        try:
-            keys = await kv.keys()
-        except Exception as exc:  # nats-py raises NoKeysError for an empty bucket
-            if type(exc).__name__ == "NoKeysError":
-                return []
-            raise
-        beats = []
-        for key in keys:
-            try:
-                entry = await kv.get(key)
-            except Exception:  # deleted between keys() and get(): a worker just stopped
-                continue
-            if not entry.value:
-                continue
-            try:
-                beats.append(WorkerHeartbeat.from_bytes(entry.value))
-            except ValidationError:
-                log.warning("gateway.bad_heartbeat", key=key)
-        return beats
+        return await bus.read_heartbeats(self.link.kv)
 
     async def backends(self) -> BackendView:
         beats = await self.heartbeats()
@@ -135,17 +114,10 @@ class Observer:
             return self._store_voices
         if refresh or time.monotonic() - self._store_voices_at > STORE_VOICES_CACHE_S:
             try:
-                keys = await store.list_keys(_VOICE_PREFIX)
+                names = await voicelib.stored_names(store)
             except Exception as exc:
                 log.warning("gateway.voices_unreadable", error=str(exc)[:200])
                 return self._store_voices
-            names = set()
-            for key in keys:
-                name = key.removeprefix(_VOICE_PREFIX)
-                if name.endswith(_VOICE_SUFFIX):
-                    name = name[: -len(_VOICE_SUFFIX)]
-                    if TOKEN_RE.match(name):
-                        names.add(name)
             self._store_voices = names
             self._store_voices_at = time.monotonic()
         return self._store_voices

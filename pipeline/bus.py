@@ -24,8 +24,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
+from pydantic import ValidationError
 
 from pipeline.contracts.errors import StartupError
+from pipeline.contracts.messages import WorkerHeartbeat
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import PRIORITIES, Names
 
@@ -189,6 +191,35 @@ async def workers_kv(js: JetStreamContext, names: Names, replicas: int = 1):
     except Exception:
         return await js.create_key_value(js_api.KeyValueConfig(bucket=names.workers_kv, ttl=WORKER_TTL_S, history=1,
                                                                replicas=replicas))
+
+
+async def kv_keys(kv) -> list[str]:
+    """Every key of a KV bucket; [] for an empty one (nats-py raises NoKeysError for it)."""
+    try:
+        return await kv.keys()
+    except Exception as exc:
+        if type(exc).__name__ == "NoKeysError":
+            return []
+        raise
+
+
+async def read_heartbeats(kv) -> list[WorkerHeartbeat]:
+    """The live workers' last heartbeats in the `tts_workers` bucket `kv`. A key gone between the
+    listing and its read (a worker just stopped) is left out; an unreadable beat is logged and left
+    out; a failure to list raises."""
+    beats = []
+    for key in await kv_keys(kv):
+        try:
+            entry = await kv.get(key)
+        except Exception:  # deleted or expired between keys() and get()
+            continue
+        if not entry.value:
+            continue
+        try:
+            beats.append(WorkerHeartbeat.from_bytes(entry.value))
+        except ValidationError:
+            log.warning("bus.bad_heartbeat", key=key)
+    return beats
 
 
 async def jobs_kv(js: JetStreamContext, names: Names, replicas: int = 1):

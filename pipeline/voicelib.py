@@ -183,9 +183,14 @@ async def read_voice(store: Store, name: str) -> VoicePreset | None:
         raise PresetError(f"voice {key} is malformed: {exc.errors()[0].get('msg')}") from None
 
 
+async def stored_names(store: Store) -> set[str]:
+    """Names of the stored voices (their `voices/<name>.json` keys; nothing read)."""
+    return {n for key in await store.list_keys(_PREFIX) if (n := name_of(key))}
+
+
 async def list_voices(store: Store) -> list[VoicePreset]:
     """Every stored voice, sorted by name (a malformed or vanishing one is left out)."""
-    names = sorted({n for key in await store.list_keys(_PREFIX) if (n := name_of(key))})
+    names = sorted(await stored_names(store))
 
     async def one(name: str) -> VoicePreset | None:
         try:

@@ -50,6 +50,22 @@ def calls_by_key(sim) -> dict[str, list[dict]]:
     return calls
 
 
+async def job_manifest(client, h, body: dict, timeout_s: float = 120) -> dict:
+    """`POST /jobs` with `body`, wait until the job is done (failing at once if it fails), and
+    return its manifest."""
+    r = await client.post("/jobs", json=body)
+    assert r.status_code == 202, r.text
+    job_id = body["job_id"]
+
+    async def finished() -> dict | None:
+        state = (await client.get(f"/jobs/{job_id}")).json()
+        assert state["status"] != "failed", state
+        return state if state["status"] == "done" else None
+
+    await until(finished, f"job {job_id} is done", timeout_s)
+    return json.loads(await h.store.get(f"jobs/{job_id}/manifest.json"))
+
+
 async def start(harness, gateway, sim, jobs: bool = False, voice: str = "en_man"):
     h = await harness(backend_urls=[sim.url], heartbeat_s=0.2)
     await h.start_worker(max_in_flight=16)
@@ -132,18 +148,9 @@ async def test_a_three_character_job_keeps_each_voice_and_seed_and_names_the_spe
     [preset] = await sync_presets(h.store, tmp_path)
     cast = {"alice": "alice_ref", "bob": "en_man", "carol": "belinda"}
     async with aclosing(client):
-        r = await client.post("/jobs", json={"job_id": "castbook", "cast": cast, "narrator": "en_woman",
-                                             "chapters": [{"title": "One", "text": chapter(1)},
-                                                          {"title": "Two", "text": chapter(2)}]})
-        assert r.status_code == 202, r.text
-
-        async def finished() -> dict | None:
-            state = (await client.get("/jobs/castbook")).json()
-            assert state["status"] != "failed", state
-            return state if state["status"] == "done" else None
-
-        await until(finished, "job castbook is done", 120)
-    manifest = json.loads(await h.store.get("jobs/castbook/manifest.json"))
+        manifest = await job_manifest(client, h, {"job_id": "castbook", "cast": cast, "narrator": "en_woman",
+                                                  "chapters": [{"title": "One", "text": chapter(1)},
+                                                               {"title": "Two", "text": chapter(2)}]})
     assert manifest["cast"] == cast and manifest["narrator"] == "en_woman"
     calls = calls_by_key(sim)
     seed = job_seed("castbook")
@@ -242,15 +249,8 @@ async def test_dialogue_mode_speaks_quotes_with_the_dialogue_voice(sims, harness
     text = ("\u201cIs the storm coming?\u201d asked his daughter. He didn\u2019t answer at once.\n\n"
             '"Soon," he said at last. [voice:chadwick] "Not tonight," said the keeper\u2019s friend.')
     async with aclosing(client):
-        r = await client.post("/jobs", json={"job_id": "talkbook", "dialogue": True, "narrator": "en_woman",
-                                             "cast": {"dialogue": "en_man"}, "chapters": [{"text": text}]})
-        assert r.status_code == 202, r.text
-
-        async def finished() -> bool:
-            return (await client.get("/jobs/talkbook")).json()["status"] == "done"
-
-        await until(finished, "job talkbook is done", 120)
-    manifest = json.loads(await h.store.get("jobs/talkbook/manifest.json"))
+        manifest = await job_manifest(client, h, {"job_id": "talkbook", "dialogue": True, "narrator": "en_woman",
+                                                  "cast": {"dialogue": "en_man"}, "chapters": [{"text": text}]})
     chunks = [(c["speaker"], c["voice"], c["text"]) for c in manifest["chapters"][0]["chunks"]]
     assert chunks == [
         ("dialogue", "en_man", "\u201cIs the storm coming?\u201d"),
@@ -295,17 +295,8 @@ async def test_a_three_character_chapter_on_the_piper_engine_has_three_measurabl
             "[voice:bob] Patience. Letters like this one are read slowly and only once.\n\n"
             "He broke the seal and read it aloud by the window.")
     async with aclosing(client):
-        r = await client.post("/jobs", json={"job_id": "pitchbook", "cast": cast, "narrator": "en_man",
-                                             "chapters": [{"title": "One", "text": text}]})
-        assert r.status_code == 202, r.text
-
-        async def finished() -> dict | None:
-            state = (await client.get("/jobs/pitchbook")).json()
-            assert state["status"] != "failed", state
-            return state if state["status"] == "done" else None
-
-        await until(finished, "job pitchbook is done", 240)
-    manifest = json.loads(await h.store.get("jobs/pitchbook/manifest.json"))
+        manifest = await job_manifest(client, h, {"job_id": "pitchbook", "cast": cast, "narrator": "en_man",
+                                                  "chapters": [{"title": "One", "text": text}]}, 240)
     [entry] = manifest["chapters"]
     pitches: dict[str | None, list[float]] = {}
     for chunk in entry["chunks"]:

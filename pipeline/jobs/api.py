@@ -15,7 +15,6 @@ What callers can rely on:
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -29,6 +28,7 @@ from pipeline import bus
 from pipeline.contracts.messages import AudioFormat, ChapterSubmit, Reference, Sampling
 from pipeline.contracts.subjects import Names, chapter_msg_id
 from pipeline.jobs import state as jobs
+from pipeline.text import cast as text_cast
 
 
 def _max_length(field: str) -> int:
@@ -90,24 +90,16 @@ def build_submits(
 
 def parse_cast(value: str | None) -> dict[str, str] | None:
     """`--cast`: `alice=en_woman,SPEAKER1=en_man`, or a JSON file of {speaker: voice}."""
-    if not value:
-        return None
-    if "=" not in value:
+    if value and "=" not in value and not value.lstrip().startswith("{"):
         try:
             with open(value, encoding="utf-8") as f:
-                cast = json.load(f)
-        except (OSError, ValueError) as exc:
+                value = f.read()
+        except OSError as exc:
             raise JobInputError(f"cast: {value} is neither name=voice pairs nor a readable JSON file ({exc})") from None
-        if not isinstance(cast, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in cast.items()):
-            raise JobInputError(f'cast: {value} must hold one JSON object of {{"speaker": "voice"}}')
-        return cast
-    cast = {}
-    for pair in value.split(","):
-        name, sep, voice = pair.partition("=")
-        if not sep or not name.strip() or not voice.strip():
-            raise JobInputError(f"cast: {pair!r} is not speaker=voice")
-        cast[name.strip()] = voice.strip()
-    return cast
+    try:
+        return text_cast.parse_cast(value, ",")
+    except text_cast.CastError as exc:
+        raise JobInputError(str(exc)) from None
 
 
 async def register_job(kv, submits: Sequence[ChapterSubmit], title: str = "") -> jobs.JobState:
@@ -136,14 +128,8 @@ def job_voices(submits: Sequence[ChapterSubmit]) -> list[str]:
 
 async def jobs_using_voice(kv, name: str) -> list[str]:
     """Ids of the jobs not finished (running, or failed and still retryable) that use voice `name`."""
-    try:
-        keys = await kv.keys()
-    except Exception as exc:  # nats-py raises NoKeysError for an empty bucket
-        if type(exc).__name__ == "NoKeysError":
-            return []
-        raise
     users = []
-    for key in keys:
+    for key in await bus.kv_keys(kv):
         if key.endswith(".job"):
             state = await jobs.read(kv, key, jobs.JobState)
             if state is not None and state.finished_at is None and name in state.voices:

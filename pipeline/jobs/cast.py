@@ -10,49 +10,23 @@ a voice); the worker fails a chunk whose voice the model server refuses.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
-from pipeline import bus
-from pipeline.contracts.messages import ChapterSubmit, WorkerHeartbeat
-from pipeline.contracts.subjects import TOKEN_RE, VOICE_META_KEY, Names
+from pipeline import bus, voicelib
+from pipeline.contracts.messages import ChapterSubmit
+from pipeline.contracts.subjects import Names
 from pipeline.text.cast import Cast, CastError, UnknownVoice, speaker_seed
 from pipeline.text.speakers import SpeakerChunk, speakers_in
 
-_VOICE_PREFIX = VOICE_META_KEY.split("{", 1)[0]
-_VOICE_SUFFIX = VOICE_META_KEY.rsplit("}", 1)[1]
-
-__all__ = ["Cast", "CastError", "UnknownVoice", "check_submits", "known_voices", "chunk_voicing", "store_voices"]
-
-
-async def store_voices(store) -> set[str]:
-    """Names of the store's `voices/<name>.json` objects."""
-    names = set()
-    for key in await store.list_keys(_VOICE_PREFIX):
-        name = key.removeprefix(_VOICE_PREFIX)
-        if name.endswith(_VOICE_SUFFIX):
-            name = name[: -len(_VOICE_SUFFIX)]
-            if TOKEN_RE.match(name):
-                names.add(name)
-    return names
+__all__ = ["Cast", "CastError", "UnknownVoice", "check_submits", "known_voices", "chunk_voicing"]
 
 
 async def heartbeat_voices(js, names: Names) -> set[str] | None:
     """Voices the live workers' model servers report; None when no heartbeat can be read."""
     try:
-        kv = await bus.workers_kv(js, names)
-        keys = await kv.keys()
-    except Exception:  # no bucket yet, an empty bucket (NoKeysError), the bus away
+        beats = await bus.read_heartbeats(await bus.workers_kv(js, names))
+    except Exception:  # the bus away, a listing that failed
         return None
-    voices: set[str] = set()
-    beats = 0
-    for key in keys:
-        with contextlib.suppress(Exception):
-            entry = await kv.get(key)
-            if entry is not None and entry.value:
-                beat = WorkerHeartbeat.from_bytes(entry.value)
-                beats += 1
-                voices.update(v for b in beat.backends for v in b.voices)
-    return voices if beats else None
+    return {v for beat in beats for b in beat.backends for v in b.voices} if beats else None
 
 
 async def known_voices(js, store, names: Names, attempts: int = 3, gap_s: float = 0.3) -> set[str] | None:
@@ -67,7 +41,7 @@ async def known_voices(js, store, names: Names, attempts: int = 3, gap_s: float 
         built_in = await heartbeat_voices(js, names)
     if built_in is None:
         return None
-    return built_in | await store_voices(store)
+    return built_in | await voicelib.stored_names(store)
 
 
 def check_submits(submits: list[ChapterSubmit], known: set[str] | None) -> None:

@@ -27,14 +27,8 @@ class JobNotFound(LookupError):
 
 async def list_jobs(kv) -> list[jobs.JobState]:
     """Every registered job, newest first (by `created_at`, then id)."""
-    try:
-        keys = await kv.keys()
-    except Exception as exc:  # nats raises NoKeysError for an empty bucket
-        if type(exc).__name__ == "NoKeysError":
-            return []
-        raise
     states = []
-    for key in keys:
+    for key in await bus.kv_keys(kv):
         if key.endswith(".job"):
             state = await jobs.read(kv, key, jobs.JobState)
             if state is not None:

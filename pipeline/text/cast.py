@@ -15,6 +15,7 @@ chunk: every chunk of a character, in every chapter, samples alike.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,32 @@ class CastError(ValueError):
 
 class UnknownVoice(CastError):
     """A cast, narrator or `[voice:name]` names a voice that is not known."""
+
+
+def parse_cast(text: str | None, pair_sep: str = "\n") -> dict[str, str] | None:
+    """A cast as a person writes it: a JSON object of {speaker: voice}, or `speaker=voice` pairs
+    separated by `pair_sep` (lines on the studio's form, commas on the command line); None when
+    blank; `CastError` naming what is wrong."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if text.startswith("{"):
+        try:
+            cast = json.loads(text)
+        except ValueError:
+            raise CastError('cast: not valid JSON; give {"speaker": "voice"} or speaker=voice pairs') from None
+        if not isinstance(cast, dict) or not all(isinstance(v, str) for v in cast.values()):
+            raise CastError("cast: give an object of speaker -> voice names")
+        return {str(k).strip(): v.strip() for k, v in cast.items()}
+    cast = {}
+    for pair in text.split(pair_sep):
+        if not pair.strip():
+            continue
+        speaker, sep, voice = pair.partition("=")
+        if not sep or not speaker.strip() or not voice.strip():
+            raise CastError(f"cast: {pair.strip()!r} is not speaker=voice")
+        cast[speaker.strip()] = voice.strip()
+    return cast
 
 
 @dataclass(frozen=True)
