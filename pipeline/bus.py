@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 
 import nats
+import nats.errors
+import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -163,6 +165,44 @@ async def ensure_streams(js: JetStreamContext, settings: Settings, names: Names)
             await js.update_stream(config)
     await workers_kv(js, names, replicas)
     await jobs_kv(js, names, replicas)
+
+
+SETUP_PATIENCE_S = 60.0
+
+
+def _transient(exc: Exception) -> bool:
+    """A JetStream API answer that means "not now" rather than "no": a timeout or a 5xx (no meta
+    leader during an election, a stream's leader moving). No responders means a server without
+    JetStream: that is "no", reported at once."""
+    if isinstance(exc, nats.errors.TimeoutError):
+        return True
+    return isinstance(exc, nats.js.errors.APIError) and (exc.code or 0) >= 500
+
+
+async def set_up(js: JetStreamContext, settings: Settings, names: Names, consumers: bool = False,
+                 patience_s: float = SETUP_PATIENCE_S) -> None:
+    """`ensure_streams` (and `ensure_synth_consumers`), retried while the cluster answers "not now".
+
+    Both are idempotent. A young or loaded R3 cluster can take longer than the client's timeout to
+    create a replicated consumer (seen: 5 s on a busy 2-core CI machine); a process starting during an
+    election gets 503s for a moment. Anything else, or "not now" for `patience_s`, raises
+    `StartupError` with one line.
+    """
+    deadline = asyncio.get_running_loop().time() + patience_s
+    while True:
+        try:
+            await ensure_streams(js, settings, names)
+            if consumers:
+                await ensure_synth_consumers(js, settings, names)
+            return
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}".strip()
+            if not _transient(exc):
+                raise
+            if asyncio.get_running_loop().time() > deadline:
+                raise StartupError(f"NATS JetStream set-up did not succeed within {patience_s:.0f} s: {error}") from None
+            log.warning("bus.setup_retry", error=error[:200])
+            await asyncio.sleep(0.5)
 
 
 async def ensure_synth_consumers(js: JetStreamContext, settings: Settings, names: Names) -> None:

@@ -116,7 +116,7 @@ async def say(settings: Settings, text: str, out: str, voice: str | None, priori
     store = await open_store(settings)
     try:
         js = nc.jetstream()
-        await bus.ensure_streams(js, settings, names)
+        await bus.set_up(js, settings, names)
         async with EventWaiter(nc, names, request.job_id) as waiter:
             await publish_synth(js, names, request, priority)
             try:

@@ -123,8 +123,7 @@ class SynthWorker(Scheduling, MessageHandling, AudioFinishing):
         """Streams and consumers exist afterwards (idempotent: every worker may do it, twice)."""
         if self._ready:
             return
-        await bus.ensure_streams(self.js, self.settings, self.names)
-        await bus.ensure_synth_consumers(self.js, self.settings, self.names)
+        await bus.set_up(self.js, self.settings, self.names, consumers=True)
         if self.settings.verify == "asr" and self.gate is None:
             self.gate = await asyncio.to_thread(_load_gate, self.settings)
         for puller in self._pullers.values():

@@ -183,16 +183,21 @@ class NatsCluster:
                 f"cluster {{\n  name: faults\n  listen: 127.0.0.1:{self.route_ports[i]}\n"
                 f"  routes: [\n{routes}\n  ]\n}}\n")
 
-    def start(self, timeout_s: float = 60) -> "NatsCluster":
+    def launch(self, i: int) -> None:
+        """Start node `i` (0-based) without waiting for anything."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        binary = find_binary("nats-server")
+        conf = self.data_dir / f"node-{i + 1}.conf"
+        conf.write_text(self._config(i))
+        with open(self.data_dir / f"node-{i + 1}.log", "ab") as log:
+            self.procs[f"node-{i + 1}"] = subprocess.Popen([find_binary("nats-server"), "-c", str(conf)], stdout=log,
+                                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                           start_new_session=True)
+
+    def start(self, timeout_s: float = 60) -> "NatsCluster":
+        """Every node not running yet; returns once all three see a meta leader."""
         for i in range(3):
-            conf = self.data_dir / f"node-{i + 1}.conf"
-            conf.write_text(self._config(i))
-            with open(self.data_dir / f"node-{i + 1}.log", "ab") as log:
-                self.procs[f"node-{i + 1}"] = subprocess.Popen([binary, "-c", str(conf)], stdout=log,
-                                                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                               start_new_session=True)
+            if f"node-{i + 1}" not in self.procs:
+                self.launch(i)
         deadline = time.monotonic() + timeout_s
         while not all(self._has_meta_leader(port) for port in self.monitor_ports):
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs.values()):

@@ -872,23 +872,27 @@ async def test_three_node_cluster_config_runs_an_r3_stream_that_survives_a_node(
 
         servers = [f"nats://{NATS_USER}:{NATS_PASSWORD}@127.0.0.1:{port}" for port in client]
         nc = await nats.connect(servers=servers, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
-        js = nc.jetstream(timeout=5)
+        js = nc.jetstream(timeout=10)
         names = Names()
         config = js_api.StreamConfig(name=names.synth_stream, subjects=[names.synth_all],
                                      retention=js_api.RetentionPolicy.WORK_QUEUE, num_replicas=3)
+        # Every JetStream API call below is idempotent (the same config, de-duplicated publishes) and
+        # retried: a young R3 cluster on a loaded machine answers a first consumer create after more
+        # than the client's timeout (seen in CI: a 5 s timeout on CONSUMER.DURABLE.CREATE).
         info = await _retry(lambda: js.add_stream(config), "add R3 stream")
         assert info.config.num_replicas == 3
         settings = Settings(nats_url=servers[0])
-        await bus.ensure_synth_consumers(js, settings, names)
+        await _retry(lambda: bus.ensure_synth_consumers(js, settings, names), "add the R3 stream's consumers")
         for n in range(5):
-            await js.publish(names.synth("bulk"), f"chunk-{n}".encode(), headers={"Nats-Msg-Id": f"m{n}"})
+            await _retry(lambda n=n: js.publish(names.synth("bulk"), f"chunk-{n}".encode(),
+                                                headers={"Nats-Msg-Id": f"m{n}"}), f"publish chunk-{n}")
 
-        info = await js.stream_info(names.synth_stream)
+        info = await _retry(lambda: js.stream_info(names.synth_stream), "stream info")
         assert info.state.messages == 5 and len(info.cluster.replicas) == 2
 
         # What KEDA reads: the consumer leader's /jsz reports the lag of the ScaledObject's consumer.
         (bulk,) = [m for m in keda_triggers() if m["consumer"] == names.synth_consumer("bulk")]
-        consumer = await js.consumer_info(bulk["stream"], bulk["consumer"])
+        consumer = await _retry(lambda: js.consumer_info(bulk["stream"], bulk["consumer"]), "consumer info")
         leader_port = http_port[consumer.cluster.leader]
         await until(lambda: _num_pending(jsz(leader_port, f"?acc={bulk['account']}&consumers=true"), bulk) == 5,
                     "the monitoring endpoint shows the consumer lag")
@@ -899,7 +903,7 @@ async def test_three_node_cluster_config_runs_an_r3_stream_that_survives_a_node(
         victim.wait()
         await _retry(lambda: js.publish(names.synth("bulk"), b"chunk-5", headers={"Nats-Msg-Id": "m5"}),
                      "publish after losing the leader")
-        sub = await js.pull_subscribe_bind(bulk["consumer"], stream=bulk["stream"])
+        sub = await _retry(lambda: js.pull_subscribe_bind(bulk["consumer"], stream=bulk["stream"]), "bind")
         got: list[bytes] = []
         deadline = time.monotonic() + 60
         while len(got) < 6 and time.monotonic() < deadline:
@@ -927,6 +931,6 @@ def _num_pending(info: dict | None, trigger: dict) -> int | None:
     return None
 
 
-async def _retry(make_call, what: str, timeout_s: float = 10.0):
+async def _retry(make_call, what: str, timeout_s: float = 60.0):
     # Right after an election the cluster answers "no leader"/timeouts for a moment.
     return await retry(make_call, what, timeout_s)

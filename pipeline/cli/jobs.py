@@ -34,7 +34,7 @@ async def connection(settings: Settings, name: str):
         raise
     try:
         js = nc.jetstream()
-        await bus.ensure_streams(js, settings, Names(settings.namespace))
+        await bus.set_up(js, settings, Names(settings.namespace))
         yield js, store, await bus.jobs_kv(js, Names(settings.namespace))
     finally:
         store.close()

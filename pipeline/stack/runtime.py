@@ -84,7 +84,7 @@ async def run_broker_service(settings: Settings, name: str, make_service, build_
     try:
         store = await open_store(settings)
         js = nc.jetstream()
-        await bus.ensure_streams(js, settings, names)
+        await bus.set_up(js, settings, names)
         service = make_service(settings, js, store, names)
         broker = build_broker(settings, [service])
         stop = asyncio.Event()
