@@ -143,6 +143,11 @@ class Harness:
             await nc.close()
         self._workers.clear()
 
+    def counts(self) -> tuple[int, int]:
+        """(synthesised, answered from the store): chunks this harness's workers finished (acked)."""
+        stats = [worker.stats for worker, *_ in self._workers]
+        return sum(s.synthesized for s in stats), sum(s.cached for s in stats)
+
     def waiter(self, job_id: str = "*") -> EventWaiter:
         return EventWaiter(self.nc, self.names, job_id)
 

@@ -91,10 +91,12 @@ async def test_a_long_text_is_split_spoken_in_parallel_and_joined_whole(sims, ha
         again = await client.post("/generate", json={"text": LONG_TEXT})
         assert again.status_code == 200 and again.headers["X-Cache"] == "hit"
         assert again.content == r.content
-        # (For a waiting caller a worker starts the model call together with the cache lookup and
-        # cancels it on the hit: no call completes.)
-        settled = await until(lambda: (s := sim_stats(sim))["concurrent"] == 0 and s, "the model server is idle")
-        assert settled["completed"] == chunks
+        # The workers answered every chunk of the repeat from the store. (For a waiting caller a
+        # worker starts the model call together with the cache lookup and cancels it on the hit; on
+        # a loaded machine a lookup slower than the stand-in lets that call complete, unused: so
+        # this counts what the workers did, not what the model server saw.)
+        await until(lambda: sum(h.counts()) >= 2 * chunks, "the repeat's chunks are acked")
+        assert h.counts() == (chunks, chunks)
 
 
 async def test_streams_in_every_format_decode_to_the_whole_answer(sims, harness, gateway):
@@ -105,7 +107,8 @@ async def test_streams_in_every_format_decode_to_the_whole_answer(sims, harness,
         whole = await client.post("/v1/audio/speech", json={**body, "response_format": "pcm"})
         assert whole.status_code == 200
         await until(lambda: queue_empty(h), "every chunk of the first answer is stored")
-        completed = sim_stats(sim)["completed"]
+        chunks = len(plan_texts(LONG_TEXT, h.settings))
+        assert h.counts() == (chunks, 0)
 
         async def streamed(fmt: str, **extra) -> tuple[httpx.Response, list[bytes]]:
             pieces = []
@@ -136,8 +139,9 @@ async def test_streams_in_every_format_decode_to_the_whole_answer(sims, harness,
         usage = events[-1]["usage"]
         assert usage["output_tokens"] == round(len(whole.content) / 2 / 24000 * 25)
         assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
-        settled = await until(lambda: (s := sim_stats(sim))["concurrent"] == 0 and s, "the model server is idle")
-        assert settled["completed"] == completed  # every stream came from the store
+        # Every stream came from the store: the workers synthesised nothing more (four streams so far).
+        await until(lambda: sum(h.counts()) >= 5 * chunks, "the streams' chunks are acked")
+        assert h.counts() == (chunks, 4 * chunks)
 
         # The OpenAI SDK's streaming reader, with Kokoro's `stream` field.
         sdk = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
