@@ -59,6 +59,11 @@ class NoAnswer(GatewayError):
     status = 504
 
 
+class ClientGone(Exception):
+    """The client closed its connection before its answer was ready: the work for it was stopped and
+    nobody is left to answer (the middleware records status 499)."""
+
+
 class StreamCut(Exception):
     """A streamed answer must end without its final chunk (a chunk failed after the audio began):
     the middleware closes the connection, so the client sees an incomplete body, not a short file."""

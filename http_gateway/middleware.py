@@ -20,7 +20,7 @@ import uuid
 
 from starlette.datastructures import Headers, MutableHeaders, QueryParams
 
-from http_gateway.errors import StreamCut
+from http_gateway.errors import ClientGone, StreamCut
 from http_gateway.metrics import GatewayMetrics
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
@@ -82,6 +82,9 @@ class GatewayMiddleware:
             try:
                 await self.app(scope, receive, send_with_id)
             except StreamCut:  # logged and counted where it happened; returning unfinished closes it
+                return
+            except ClientGone:
+                status = CLIENT_GONE_STATUS
                 return
         finally:
             route = getattr(scope.get("route"), "path", None)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from http_gateway.errors import BadInput, GatewayError, NotFound, TooLarge
+from http_gateway.errors import BadInput, ClientGone, GatewayError, NotFound, TooLarge
 from http_gateway.formats import MEDIA_TYPES, check_format, transcode
 from http_gateway.middleware import request_id_of
 from http_gateway.schemas import GenerateRequest, SpeechRequest
@@ -25,6 +28,37 @@ _WAV_RESPONSE = {200: {"content": {"audio/wav": {}}, "description": "WAV audio, 
 
 def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway
+
+
+T = TypeVar("T")
+
+
+async def _client_left(request: Request) -> None:
+    """Returns once the client has closed its connection. The body was read already: the next
+    ASGI message can only be the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result; if the client closes its connection first, `work` is cancelled and
+    `ClientGone` raised. A whole long answer is many model calls: cancelling it withdraws every chunk
+    no worker took yet (`Gateway.chunked`), so a client that gave up (its own timeout, a closed tab)
+    costs no more GPU time. Chunks already running finish and stay cached."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.create_task(_client_left(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled() or not task.done():
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        log.info("gateway.client_left", request_id=request_id_of(request.scope), path=request.url.path)
+        raise ClientGone()
+    return task.result()
 
 
 def _ask(body: GenerateRequest) -> Ask:
@@ -49,7 +83,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     gateway, request_id = _gateway(request), request_id_of(request.scope)
     if body.stream:
         return await stream_speech(gateway, _ask(body), request_id, "wav", sse=False)
-    spoken = await gateway.generate(_ask(body), request_id)
+    spoken = await _unless_client_leaves(request, gateway.generate(_ask(body), request_id))
     return Response(spoken.wav, media_type="audio/wav", headers=_headers(spoken))
 
 
@@ -84,7 +118,7 @@ async def generate_batch(items: list[GenerateRequest], request: Request) -> dict
         return {"index": index, "success": True, "audio_base64": base64.b64encode(spoken.wav).decode(),
                 "generation_time": round(spoken.generation_s, 2)}
 
-    results = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+    results = await _unless_client_leaves(request, asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
     successful = sum(r["success"] for r in results)
     return {"results": results, "total": len(results), "successful": successful, "failed": len(results) - successful}
 
@@ -103,7 +137,7 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     if body.stream or body.stream_format == "sse":
         return await stream_speech(_gateway(request), ask, request_id_of(request.scope), fmt,
                                    sse=body.stream_format == "sse")
-    spoken = await _gateway(request).generate(ask, request_id_of(request.scope))
+    spoken = await _unless_client_leaves(request, _gateway(request).generate(ask, request_id_of(request.scope)))
     audio = spoken.wav if fmt == "wav" else await asyncio.to_thread(transcode, spoken.wav, fmt)
     return Response(audio, media_type=MEDIA_TYPES[fmt], headers=_headers(spoken))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -188,6 +189,39 @@ async def test_a_client_leaving_mid_stream_stops_the_chunks_not_yet_started(sims
         await until(lambda: queue_empty_now(h), "the work queue is empty")
         await until(lambda: sim_stats(sim)["concurrent"] == 0, "the model server is idle")
         assert sim_stats(sim)["calls"] <= 3 < chunks
+
+
+@pytest.mark.parametrize("path,body", [("/generate", {"text": LONG_TEXT}),
+                                       ("/generate/batch", [{"text": "A short one."}, {"text": LONG_TEXT}])],
+                         ids=["generate", "batch"])
+async def test_a_client_leaving_a_whole_long_answer_stops_the_chunks_not_yet_started(sims, harness, gateway,
+                                                                                    path, body):
+    # 2 s per call, one at a time: seconds to notice the client left before a third chunk starts.
+    sim = sims(latency_s=2.0, slots=64)
+    h, gw, client = await start(harness, gateway, sim, max_in_flight=1)
+    chunks = len(plan_texts(LONG_TEXT, h.settings))
+    async with aclosing(client):
+        leaving = httpx.AsyncClient(base_url=gw.url, timeout=60, trust_env=False)
+        answer = asyncio.create_task(leaving.post(path, json=body))
+        await until(lambda: sim_stats(sim)["calls"] >= 1, "the first chunk reaches the model")
+        answer.cancel()  # the client gives up: its connection closes
+        with contextlib.suppress(asyncio.CancelledError):
+            await answer
+        await leaving.aclose()
+        assert await until(lambda: withdrawn(client), "the gateway withdraws the unanswered chunks") >= chunks - 3
+        await until(lambda: queue_empty_now(h), "the work queue is empty")
+        await until(lambda: sim_stats(sim)["concurrent"] == 0, "the model server is idle")
+        assert sim_stats(sim)["calls"] <= 3 < chunks
+        # Counted as a client that left (nginx's 499), not as an error.
+        text = await until(lambda: _metrics_with(client, 'outcome="client_gone"'), "the request is counted")
+        assert not any(line.startswith("tts_gateway_requests_total") and 'outcome="error"' in line
+                       for line in text.splitlines())
+
+
+async def _metrics_with(client: httpx.AsyncClient, needle: str) -> str | None:
+    text = (await client.get("/metrics")).text
+    return text if any(line.startswith("tts_gateway_requests_total") and needle in line
+                       for line in text.splitlines()) else None
 
 
 async def withdrawn(client: httpx.AsyncClient) -> float:
