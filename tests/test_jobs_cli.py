@@ -134,3 +134,57 @@ async def test_killing_worker_and_assembler_mid_job_loses_nothing(sims, harness)
     assert len(distinct) <= stats["calls"] <= len(distinct) + 8, (stats["calls"], len(distinct), killed_at)
     twice = [n for n in stats["calls_by_text"].values() if n > 1]
     assert len(twice) <= 8
+
+
+def cli_here(capsys, monkeypatch, settings, *argv: str) -> tuple[int, str, str]:
+    """`tts-pipeline ARGV` in this process (a subprocess costs seconds of imports), with the
+    environment a user would set for `settings`; returns (exit code, stdout, stderr)."""
+    import os
+
+    from pipeline.cli.main import main
+
+    for key in [k for k in os.environ if k.startswith("TTS_")]:
+        monkeypatch.delenv(key)
+    for key, value in env_for(settings).items():
+        if key.startswith("TTS_"):
+            monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_jobs_lists_every_job_and_cancel_stops_one(harness, tmp_path, capsys, monkeypatch):
+    h = await harness()  # no worker: the jobs stay queued
+    run = lambda *argv: asyncio.to_thread(cli_here, capsys, monkeypatch, h.settings, *argv)  # noqa: E731
+    assert await run("jobs") == (0, "no jobs\n", "")
+    book = tmp_path / "book.md"
+    book.write_text(MARKDOWN)
+    for job_id in ("older-book", "newer-book"):
+        code, out, err = await run("submit", str(book), "--no-wait", "--job-id", job_id)
+        assert code == 0, err
+    code, out, _ = await run("jobs")
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert code == 0 and [r[0] for r in rows] == ["newer-book", "older-book"]  # newest first
+    assert all(r[1] == "running" and r[2] == "0/3" for r in rows), out
+
+    code, out, _ = await run("cancel", "older-book")
+    assert code == 0 and "older-book cancelled" in out and "retry older-book" in out
+    code, out, _ = await run("jobs", "--json")
+    listed = {j["job_id"]: j["status"] for j in json.loads(out)["jobs"]}
+    assert listed == {"newer-book": "running", "older-book": "cancelled"}
+    state = await jobs.read(await bus.jobs_kv(h.js, h.names), jobs.job_key("older-book"), jobs.JobState)
+    assert state.cancelled_at is not None
+    code, out, _ = await run("jobs", "--limit", "1")
+    assert out.splitlines()[1].startswith("newer-book") and "1 older jobs" in out
+
+    # Mistakes: one line, non-zero.
+    for argv, needle in ((("cancel", "no-such-job"), "no job 'no-such-job'"),
+                         (("jobs", "--limit", "0"), "--limit must be at least 1")):
+        code, out, err = await run(*argv)
+        assert code == 1 and err.count("\n") == 1 and needle in err, (argv, err)
+    # retry resumes the cancelled job
+    code, out, _ = await run("retry", "older-book")
+    assert code == 0
+    code, out, _ = await run("jobs", "--json")
+    assert {j["job_id"]: j["status"] for j in json.loads(out)["jobs"]}["older-book"] == "running"

@@ -1,4 +1,4 @@
-"""`tts-pipeline submit | status | fetch | retry`: bulk jobs from the command line.
+"""`tts-pipeline submit | jobs | status | fetch | cancel | retry`: bulk jobs from the command line.
 
 These only publish to the bus and read the KV bucket and the store (never the model server).
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -181,4 +182,48 @@ async def retry(settings: Settings, job_id: str) -> int:
         except control.JobNotFound:
             raise StartupError(f"no job {job_id!r}") from None
     print(f"job {job_id}: {count} failed chunks republished")
+    return 0
+
+
+async def list_all(settings: Settings, as_json: bool, limit: int) -> int:
+    """Every job in the bucket (submitted here, from the gateway or straight onto the bus), newest first."""
+    from pipeline.jobs import control
+
+    if limit < 1:
+        raise StartupError(f"--limit must be at least 1, not {limit}")
+    async with connection(settings, "tts-jobs") as (js, store, kv):
+        states = await control.list_jobs(kv)
+        views = [view for s in states[:limit] if (view := await jobs_api.read_job(kv, s.job_id)) is not None]
+    if as_json:
+        print(json.dumps({"jobs": [v.to_dict() for v in views], "total": len(states)}, indent=1))
+        return 0
+    if not states:
+        print("no jobs")
+        return 0
+    print(f"{'job':<32} {'status':<10} {'chapters':>9} {'chunks':>13} {'audio':>9}  created")
+    for view in views:
+        job, chapters = view.job, view.chapters
+        chunks = f"{sum(len(s.done) for s in chapters)}/{sum(s.chunks_total for s in chapters)}"
+        minutes = sum(s.audio_s_done for s in chapters) / 60
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at))
+        print(f"{job.job_id:<32} {view.status:<10} {job.chapters_done:>4}/{job.total_chapters:<4} {chunks:>13} "
+              f"{minutes:>5.1f} min  {created}")
+    if len(states) > len(views):
+        print(f"... {len(states) - len(views)} older jobs (--limit)")
+    return 0
+
+
+async def cancel(settings: Settings, job_id: str) -> int:
+    """Cancel a job: its queued chunks are skipped without a model call; `retry` resumes it."""
+    from pipeline.jobs import control
+
+    async with connection(settings, "tts-cancel") as (js, store, kv):
+        try:
+            state = await control.cancel_job(kv, job_id)
+        except control.JobNotFound:
+            raise StartupError(f"no job {job_id!r}") from None
+    if state.finished_at is not None:
+        print(f"job {job_id} is finished: nothing to cancel")
+    else:
+        print(f"job {job_id} cancelled: its queued chunks are skipped; `tts-pipeline retry {job_id}` resumes it")
     return 0

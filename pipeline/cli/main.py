@@ -6,6 +6,7 @@
     tts-pipeline engine --kind sim       the stand-in model server (Higgs protocol)
     tts-pipeline engine --kind piper     real speech on a CPU (Piper), same protocol
     tts-pipeline voices sync             upload voice_presets/ to voices/ in the bucket
+    tts-pipeline submit BOOK             a book as a job (jobs, status, fetch, cancel, retry follow it)
     tts-pipeline say TEXT                synthesise one text through the bus, save the WAV
     tts-pipeline spoken FILE|-           print a text's chunks as they will be read (the spoken form)
     tts-pipeline gateway                 the HTTP gateway (/generate, /v1/audio/speech) on port 8888
@@ -70,6 +71,10 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
         return asyncio.run(jobs_cli.status(settings, args.job_id, args.json))
     if args.command == "fetch":
         return asyncio.run(jobs_cli.fetch(settings, args.job_id, args.out))
+    if args.command == "jobs":
+        return asyncio.run(jobs_cli.list_all(settings, args.json, args.limit))
+    if args.command == "cancel":
+        return asyncio.run(jobs_cli.cancel(settings, args.job_id))
     return asyncio.run(jobs_cli.retry(settings, args.job_id))
 
 
@@ -226,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dialogue", action="store_true", help="cut quoted speech apart as a job's dialogue mode does")
     p.set_defaults(func=_cmd_spoken)
 
+    p = sub.add_parser("jobs", help="every job (from here, the gateway or the bus), newest first")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=50, help="show the newest LIMIT jobs (default 50)")
+    p.set_defaults(func=_cmd_jobs)
+
     p = sub.add_parser("status", help="a job's chapters and chunk counts")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
@@ -236,7 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".")
     p.set_defaults(func=_cmd_jobs)
 
-    p = sub.add_parser("retry", help="republish a job's failed chunks")
+    p = sub.add_parser("cancel", help="cancel a job: its queued chunks are skipped (retry resumes it)")
+    p.add_argument("job_id")
+    p.set_defaults(func=_cmd_jobs)
+
+    p = sub.add_parser("retry", help="republish a job's failed chunks (a cancelled job: every chunk not yet done)")
     p.add_argument("job_id")
     p.set_defaults(func=_cmd_jobs)
 
