@@ -8,6 +8,7 @@ is written, and a failed write leaves nothing behind. The name is then usable as
 Rules: a name is a token that is not a model server's built-in voice; an existing stored name is
 refused (409) unless the form says `overwrite=true`; a stored voice (uploaded or folder-synced)
 that an unfinished job uses cannot be replaced or deleted (409 naming the jobs) unless `force=true`.
+The rules live in `pipeline/jobs/library.py`, shared with `tts-pipeline voices add|delete`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from starlette.datastructures import UploadFile
 
 from pipeline import voicelib
 from pipeline.contracts.errors import StorePermanent, StoreRetryable
-from pipeline.contracts.messages import HIGGS_PRESET_VOICES
-from pipeline.contracts.subjects import TOKEN_RE
 from pipeline.jobs import api as jobs_api
+from pipeline.jobs import library
 
 from http_gateway.errors import BadInput, Conflict, GatewayError, NotFound, Unavailable
 from http_gateway.service import Gateway
@@ -92,13 +92,16 @@ async def _users(gateway: Gateway, name: str) -> list[str]:
         raise Unavailable(f"message bus unavailable: {type(exc).__name__}") from None
 
 
-async def _refuse_if_used(gateway: Gateway, name: str, force: bool, doing: str) -> None:
-    if force:
-        return
-    users = await _users(gateway, name)
-    if users:
-        raise Conflict(f"Voice '{name}' is in use by job {', '.join(users[:5])}{' ...' if len(users) > 5 else ''}; "
-                       f"it cannot be {doing} until the job is done (or send force=true)", jobs=users)
+def _refused(exc: library.VoiceRefused) -> GatewayError:
+    if exc.reason == "bad_name":
+        return BadInput(str(exc), reason=exc.reason)
+    if exc.reason == "not_found":
+        return NotFound(str(exc))
+    if exc.reason == "in_use":
+        return Conflict(f"{exc} (or send force=true)", reason=exc.reason, jobs=exc.jobs)
+    if exc.reason == "exists":
+        return Conflict(f"{exc}; send overwrite=true to replace it", reason=exc.reason)
+    return Conflict(str(exc), reason=exc.reason)
 
 
 @router.post("/v1/audio/voices", status_code=201)
@@ -119,34 +122,21 @@ async def upload_voice(request: Request) -> JSONResponse:
         raise BadInput("give the clip as the multipart file field 'file' (or 'audio')", reason="no_file")
     if not name:
         raise BadInput("give the voice a 'name'", reason="no_name")
-    if name in HIGGS_PRESET_VOICES or name in await _builtin(gateway):
-        raise Conflict(f"'{name}' is a built-in voice of the model servers; choose another name", reason="builtin")
     try:
-        voicelib.check_name(name)
-    except voicelib.PresetError as exc:
-        raise BadInput(str(exc), reason="bad_name") from None
-    data = await upload.read()
-    try:
-        wav, duration_s = await asyncio.to_thread(voicelib.check_clip, data, transcript,
-                                                  gateway.settings.sample_rate_hz)
+        voice, replaced = await library.add_voice(
+            gateway.link.require_store(), name, await upload.read(), transcript, scene,
+            builtin=await _builtin(gateway), users_of=lambda n: _users(gateway, n), overwrite=overwrite,
+            force=_field(form, "force").lower() in _TRUE, sample_rate_hz=gateway.settings.sample_rate_hz)
     except voicelib.ClipError as exc:
         raise BadClip(str(exc), reason=exc.reason) from None
-    store = gateway.link.require_store()
-    try:
-        existing = await voicelib.read_voice(store, name)
-        if existing is not None:
-            if not overwrite:
-                raise Conflict(f"A voice named '{name}' exists ({existing.source}); send overwrite=true to replace it",
-                               reason="exists")
-            await _refuse_if_used(gateway, name, _field(form, "force").lower() in _TRUE, "replaced")
-            await voicelib.delete_voice(store, name)  # a failed write below then leaves no mix of both
-        voice = await voicelib.store_voice(store, name, wav, transcript, scene, duration_s, "library")
+    except library.VoiceRefused as exc:
+        raise _refused(exc) from None
     except (StoreRetryable, StorePermanent) as exc:
         raise Unavailable(f"object store unavailable: {exc}") from None
     except voicelib.PresetError as exc:  # a malformed record in the way
         raise Conflict(str(exc), reason="exists") from None
     await gateway.observer.voices(refresh=True)
-    log.info("gateway.voice_stored", voice=name, duration_s=voice.duration_s, replaced=existing is not None)
+    log.info("gateway.voice_stored", voice=name, duration_s=voice.duration_s, replaced=replaced)
     return JSONResponse(_details(voice), status_code=201, headers={"Location": f"/v1/audio/voices/{name}"})
 
 
@@ -155,18 +145,11 @@ async def delete_voice(name: str, request: Request, force: bool = False) -> Resp
     """Remove a stored voice (uploaded or folder-synced; a later `voices sync` brings a preset
     back). 404 for an unknown name or a built-in; 409 while an unfinished job uses it."""
     gateway = _gateway(request)
-    store = gateway.link.require_store()
     try:
-        known = TOKEN_RE.match(name) and await store.exists(voicelib.meta_key(name))
-    except (StoreRetryable, StorePermanent) as exc:
-        raise Unavailable(f"object store unavailable: {exc}") from None
-    if not known:
-        builtin = name in HIGGS_PRESET_VOICES or name in await _builtin(gateway)
-        raise NotFound(f"No stored voice '{name}'" + (" (a built-in voice of the model servers cannot be deleted)"
-                                                       if builtin else ""))
-    await _refuse_if_used(gateway, name, force, "deleted")
-    try:
-        await voicelib.delete_voice(store, name)
+        await library.remove_voice(gateway.link.require_store(), name, builtin=await _builtin(gateway),
+                                   users_of=lambda n: _users(gateway, n), force=force)
+    except library.VoiceRefused as exc:
+        raise _refused(exc) from None
     except (StoreRetryable, StorePermanent) as exc:
         raise Unavailable(f"object store unavailable: {exc}") from None
     await gateway.observer.voices(refresh=True)

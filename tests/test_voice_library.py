@@ -3,6 +3,7 @@ refused with its reason and nothing stored; 409 while an unfinished job uses a v
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -17,6 +18,7 @@ from pipeline.engines.sim import audio as simaudio
 from pipeline.contracts.messages import ChapterSubmit
 from pipeline.jobs import state as jobs
 from pipeline.jobs.api import publish_chapters
+from pipeline.jobs.cast import heartbeat_voices
 from tests.conftest import sim_stats
 from tests.gateway_fixtures import gateway, recording_proxy, wait_for_health  # noqa: F401 (fixtures)
 from tests.test_gateway_jobs import open_client
@@ -224,3 +226,55 @@ async def test_a_chapter_published_straight_to_the_bus_protects_its_cast_voices(
         assert await until(recorded, "ingest registers busbook") == ["en_man", "frank"]
         refused = await client.delete("/v1/audio/voices/frank")
         assert refused.status_code == 409 and refused.json()["jobs"] == ["busbook"], refused.text
+
+
+async def test_the_cli_adds_lists_and_deletes_voices_under_the_same_rules(sims, harness, tmp_path, capsys,
+                                                                          monkeypatch):
+    from tests.test_jobs_cli import cli_here
+
+    sim = sims()
+    h = await harness(backend_urls=[sim.url], heartbeat_s=0.2)
+    await h.start_worker()  # its heartbeat names the model server's built-in voices
+    run = lambda *argv: asyncio.to_thread(cli_here, capsys, monkeypatch, h.settings, *argv)  # noqa: E731
+    good, silent = tmp_path / "carol.flac", tmp_path / "silent.wav"
+    good.write_bytes(clip())
+    silent.write_bytes(encoded(np.zeros(24000 * 5, dtype=np.int16)))
+    (tmp_path / "words.txt").write_text(TRANSCRIPT + "\n")
+
+    code, out, err = await run("voices", "add", "carol", str(good), "--transcript-file", str(tmp_path / "words.txt"),
+                               "--scene-prompt", SCENE)
+    assert code == 0 and "voice carol added" in out, err
+    assert await stored_voice_keys(h) == ["voices/carol.json", "voices/carol.wav"]
+    stored = json.loads(await h.store.get("voices/carol.json"))
+    assert stored["source"] == "library" and stored["transcript"] == TRANSCRIPT and stored["system_prompt"] == SCENE
+
+    await until(lambda: heartbeat_voices(h.js, h.names), "a worker heartbeat with voices")
+    code, out, _ = await run("voices", "list", "--json")
+    listed = {v["name"]: v["source"] for v in json.loads(out)["voices"]}
+    assert code == 0 and listed["carol"] == "library" and listed["en_woman"] == "builtin"
+
+    # Refusals: one line each, non-zero, nothing stored or removed.
+    for argv, needle in [
+        (("add", "carol", str(good), "--transcript", TRANSCRIPT), "--overwrite"),
+        (("add", "quiet", str(silent), "--transcript", "five words in this clip"), "(silent)"),
+        (("add", "en_woman", str(good), "--transcript", TRANSCRIPT), "built-in"),
+        (("add", "bad/name", str(good), "--transcript", TRANSCRIPT), "bad/name"),
+        (("add", "nofile", str(tmp_path / "missing.wav"), "--transcript", TRANSCRIPT), "cannot read the clip"),
+        (("add", "nowords", str(good)), "--transcript"),
+        (("delete", "nobody"), "No stored voice 'nobody'"),
+    ]:
+        code, out, err = await run("voices", *argv)
+        assert code == 1 and err.count("\n") == 1 and needle in err and "Traceback" not in err, (argv, err)
+    assert await stored_voice_keys(h) == ["voices/carol.json", "voices/carol.wav"]
+
+    # A voice an unfinished job uses stays unless forced.
+    book = tmp_path / "book.txt"
+    book.write_text("Someone reads this with carol's voice.")
+    code, _, err = await run("submit", str(book), "--no-wait", "--job-id", "uses-carol", "--voice", "carol")
+    assert code == 0, err
+    code, _, err = await run("voices", "delete", "carol")
+    assert code == 1 and "uses-carol" in err and "--force" in err
+    assert await h.store.exists("voices/carol.json")
+    code, out, err = await run("voices", "delete", "carol", "--force")
+    assert code == 0 and "voice carol deleted" in out, err
+    assert await stored_voice_keys(h) == []

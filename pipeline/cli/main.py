@@ -6,6 +6,7 @@
     tts-pipeline engine --kind sim       the stand-in model server (Higgs protocol)
     tts-pipeline engine --kind piper     real speech on a CPU (Piper), same protocol
     tts-pipeline voices sync             upload voice_presets/ to voices/ in the bucket
+    tts-pipeline voices list|add|delete  the voice library (as /v1/audio/voices)
     tts-pipeline submit BOOK             a book as a job (jobs, status, fetch, cancel, retry follow it)
     tts-pipeline say TEXT                synthesise one text through the bus, save the WAV
     tts-pipeline spoken FILE|-           print a text's chunks as they will be read (the spoken form)
@@ -103,11 +104,22 @@ def _cmd_engine(args: argparse.Namespace) -> int:
 
 
 def _cmd_voices(args: argparse.Namespace) -> int:
-    from pipeline.synthesis.voices import sync_folder
+    from pipeline.cli import voices
 
     settings = _settings()
     logs.configure("warning", settings.log_json)
-    return asyncio.run(sync_folder(settings, args.dir or settings.voice_presets_dir))
+    if args.action == "sync":
+        from pipeline.synthesis.voices import sync_folder
+
+        return asyncio.run(sync_folder(settings, args.dir or settings.voice_presets_dir))
+    if args.action == "list":
+        return asyncio.run(voices.list_all(settings, args.json))
+    if args.action == "add":
+        if bool(args.transcript) == bool(args.transcript_file):
+            raise StartupError("give the clip's words with --transcript TEXT or --transcript-file FILE (one of them)")
+        return asyncio.run(voices.add(settings, args.name, args.clip, args.transcript, args.transcript_file,
+                                      args.scene_prompt, args.overwrite, args.force))
+    return asyncio.run(voices.delete(settings, args.name, args.force))
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -205,10 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
     piper.add_arguments(p)
     p.set_defaults(func=_cmd_engine)
 
-    p = sub.add_parser("voices", help="voice presets: `sync` uploads a folder of name.wav + name.txt to the bucket")
-    p.add_argument("action", choices=["sync"])
-    p.add_argument("--dir", default=None, help="the preset folder (default: TTS_VOICE_PRESETS_DIR, voice_presets)")
-    p.set_defaults(func=_cmd_voices)
+    p = sub.add_parser("voices", help="the voice library: list, add a clip, delete, or sync a preset folder")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{list,add,delete,sync}")
+    v = actions.add_parser("list", help="stored voices and the model servers' built-ins")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=_cmd_voices)
+    v = actions.add_parser("add", help="store a 3-30 s clip of one speaker as a named voice (checked first)")
+    v.add_argument("name")
+    v.add_argument("clip", help="an audio file (WAV, FLAC, OGG, MP3)")
+    v.add_argument("--transcript", default=None, help="the words spoken in the clip")
+    v.add_argument("--transcript-file", default=None, help="a UTF-8 file with the words spoken in the clip")
+    v.add_argument("--scene-prompt", default=None, help="the scene description sent with the voice")
+    v.add_argument("--overwrite", action="store_true", help="replace a stored voice of that name")
+    v.add_argument("--force", action="store_true", help="replace it even while an unfinished job uses it")
+    v.set_defaults(func=_cmd_voices)
+    v = actions.add_parser("delete", help="remove a stored voice (refused while an unfinished job uses it)")
+    v.add_argument("name")
+    v.add_argument("--force", action="store_true", help="delete it even while an unfinished job uses it")
+    v.set_defaults(func=_cmd_voices)
+    v = actions.add_parser("sync", help="upload a folder of name.wav + name.txt (+ name.json with a system_prompt) as presets")
+    v.add_argument("--dir", default=None, help="the preset folder (default: TTS_VOICE_PRESETS_DIR, voice_presets)")
+    v.set_defaults(func=_cmd_voices)
 
     p = sub.add_parser("submit", help="submit a book (.txt, .md, .epub) as a job and follow its progress")
     p.add_argument("file")
