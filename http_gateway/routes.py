@@ -89,11 +89,12 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
 
 @router.delete("/requests/{request_id}", status_code=202)
 async def cancel(request_id: str, request: Request) -> dict:
-    """Cancel a long request running on this gateway (its `X-Request-Id`): chunks no worker has
-    taken are withdrawn and never reach a model server; those already running finish and stay cached."""
-    left = _gateway(request).cancel(request_id)
+    """Cancel a long request (its `X-Request-Id`) running on this or another gateway instance:
+    chunks no worker has taken are withdrawn and never reach a model server; those already running
+    finish and stay cached."""
+    left = await _gateway(request).cancel(request_id)
     if left is None:
-        raise NotFound(f"No long request '{request_id}' is running on this gateway")
+        raise NotFound(f"No long request '{request_id}' is running on any gateway")
     return {"request_id": request_id, "cancelled": True, "chunks_unanswered": left}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ log = structlog.get_logger("http_gateway")
 
 # Decoding and checking a reference of this size or more runs off the event loop.
 OFFLOAD_REFERENCE_CHARS = 256 * 1024
+# How long `DELETE /requests/{id}` waits for the instance running another gateway's request to answer.
+CANCEL_ASK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,8 @@ class Gateway:
         self.instance_id = uuid.uuid4().hex[:12]
         self.job_id = f"gw-{self.instance_id}"
         self.router = OutcomeRouter(self.names, self.job_id, self.instance_id)
-        self.link = Link(settings, self.names, self.router, client_name=f"tts-gateway-{self.instance_id}")
+        self.link = Link(settings, self.names, self.router, client_name=f"tts-gateway-{self.instance_id}",
+                         subscriptions=((self.names.request_cancel, self._on_cancel),))
         self.observer = Observer(settings, self.names, self.link)
         self.stats = RequestStats()
         self.metrics = GatewayMetrics()
@@ -291,7 +295,27 @@ class Gateway:
                      cached=speech.cached, elapsed_s=round(time.perf_counter() - started, 3),
                      chars=sum(len(r.text) for r in requests))
 
-    def cancel(self, request_id: str) -> int | None:
-        """Cancel a running long request of this gateway: its unanswered chunks (None: unknown id)."""
+    async def cancel(self, request_id: str) -> int | None:
+        """Cancel a running long request: its unanswered chunks (None: no gateway runs it). One of
+        another instance (several replicas behind a load balancer) is asked for over core NATS:
+        only the instance running it answers."""
         speech = self.running.get(request_id)
-        return None if speech is None else speech.cancel()
+        if speech is not None:
+            return speech.cancel()
+        if not self.link.bus_up:
+            return None
+        try:
+            answer = await self.link.nc.request(self.names.request_cancel, request_id.encode(), timeout=CANCEL_ASK_S)
+            return int(json.loads(answer.data)["chunks_unanswered"])
+        except Exception:  # no instance answered (timeout, no responders), or a garbled answer
+            return None
+
+    async def _on_cancel(self, msg) -> None:
+        """Another instance's `DELETE /requests/{id}`: cancel and answer only when it runs here."""
+        speech = self.running.get(msg.data.decode(errors="replace"))
+        if speech is None or not msg.reply:
+            return
+        left = speech.cancel()
+        log.info("gateway.request_cancelled_remotely", request_id=speech.request_id, chunks_unanswered=left)
+        with contextlib.suppress(Exception):
+            await msg.respond(json.dumps({"chunks_unanswered": left, "instance": self.instance_id}).encode())

@@ -256,6 +256,30 @@ async def test_delete_cancels_a_long_request_by_its_id(sims, harness, gateway):
         assert sim_stats(sim)["calls"] <= 3 < len(plan_texts(LONG_TEXT, h.settings))
 
 
+async def test_delete_on_another_gateway_instance_reaches_the_one_running_the_request(sims, harness, gateway):
+    # Two replicas behind a load balancer: the DELETE lands on the one not running the request.
+    sim = sims(latency_s=2.0, slots=64)
+    h, gw, client = await start(harness, gateway, sim, max_in_flight=1)
+    other = httpx.AsyncClient(base_url=gateway(h.settings).url, timeout=60, trust_env=False)
+    async with aclosing(client), aclosing(other):
+        await wait_for_health(other, "ok")
+        answer = asyncio.create_task(client.post("/generate", json={"text": LONG_TEXT},
+                                                 headers={"X-Request-Id": "long-2"}))
+        await until(lambda: sim_stats(sim)["calls"] >= 1, "the first chunk reaches the model")
+        r = await other.delete("/requests/long-2")
+        assert r.status_code == 202 and r.json()["cancelled"] is True, r.text
+        assert r.json()["chunks_unanswered"] >= len(plan_texts(LONG_TEXT, h.settings)) - 3
+        cancelled = await answer
+        assert cancelled.status_code == 409 and "cancelled" in cancelled.json()["detail"]
+        # No instance runs it any more, nor an id never seen: 404 from either.
+        for c in (client, other):
+            for request_id in ("long-2", "never-sent"):
+                assert (await c.delete(f"/requests/{request_id}")).status_code == 404
+        await until(lambda: queue_empty_now(h), "the work queue is empty")
+        await until(lambda: sim_stats(sim)["concurrent"] == 0, "the model server is idle")
+        assert sim_stats(sim)["calls"] <= 3 < len(plan_texts(LONG_TEXT, h.settings))
+
+
 async def test_a_chunk_failing_mid_stream_ends_it_visibly_never_with_silence(sims, harness, gateway):
     sim = sims(latency_s=0.5, slots=64)
     h, gw, client = await start(harness, gateway, sim, max_in_flight=1)

@@ -113,6 +113,12 @@ class Names:
         return f"{self.reply_prefix}{check_token(instance, 'instance')}"
 
     @property
+    def request_cancel(self) -> str:
+        """Core-NATS subject (in no stream) every gateway listens on: "cancel request <id> if it is
+        yours" (`DELETE /requests/{id}` on any instance reaches the one running it)."""
+        return f"{self.root}.gateway.cancel"
+
+    @property
     def reply_prefix(self) -> str:
         return f"{self.root}.reply.audio."
 
