@@ -145,6 +145,9 @@ TAGS_AND_NO_OP = [
     ("She said: \"Not today!\" — and left…", "She said: \"Not today!\" — and left…"),
     ("Über café naïve façade", "Über café naïve façade"),
     ("[1] the first item", "[one] the first item"),  # a bracket after a space is no marker
+    ("the cost rose (see [2]). Then", "the cost rose. Then"),  # a parenthesis that only points: dropped
+    ("as argued ([3, 4]) and (cf. [5]) or (See also [1][2]).", "as argued and or."),
+    ("(see Smith [3]) stays", "(see Smith [three]) stays"),  # words inside: not only a pointer
     ("¹² alone", "¹² alone"),  # superscripts glued to nothing
 ]
 

@@ -31,7 +31,7 @@ class Rule(NamedTuple):
 # Order matters where one rule's input is another's: dates before ranges (2024-03-05 is no range),
 # ranges before times and amounts ("5-6 p.m.", "$5-10"), titles before numbers ("No. 5").
 RULES: tuple[Rule, ...] = (
-    Rule("markers", markers.drop_markers, "footnote[1], [12][13], .[5], superscript digits: dropped"),
+    Rule("markers", markers.drop_markers, "footnote[1], [12][13], .[5], (see [2]), superscript digits: dropped"),
     Rule("web", web.urls_and_emails, "URLs and e-mail addresses: 'example dot com slash page'"),
     Rule("dates", dates.dates, "2024-03-05, March 5, 2024, 5 March, 3/5/2024: 'March fifth, twenty twenty-four'"),
     Rule("ranges", numbers.ranges, "3-5, 1990–1995: 'three to five'"),

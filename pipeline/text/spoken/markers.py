@@ -11,9 +11,20 @@ _BRACKETED = re.compile(r"(?<=[^\s\[(])(?:\[\d{1,3}(?:\s?[,–-]\s?\d{1,3})*\])+
 # Superscript digits glued to a word or punctuation: "claim¹²" (but "m²" is a unit: kept).
 _SUPERSCRIPT = re.compile(r"(?<=[^\s\d⁰¹²³⁴⁵⁶⁷⁸⁹])([⁰¹²³⁴⁵⁶⁷⁸⁹]+)")
 _UNIT_BEFORE = re.compile(r"(?:^|[\s\d])(?:m|cm|mm|km|ft|in|mi|yd|m/s|s)$")
+# A parenthesis holding nothing but a pointer to references: "(see [2])", "([3, 4])", "(cf. [5])",
+# "(see also [1][2])", "(refs. [7-9])". It says nothing a listener can use: dropped with the space
+# before it. A bracket that carries words ("(see Smith [3])") is left alone.
+# (The pattern starts with its literal parenthesis, which the regex engine scans for quickly; the
+# space before an aside goes in a second, plain replace.)
+_CITATION_ASIDE = re.compile(
+    r"\((?:(?:see(?: also)?|cf\.|compare|refs?\.)\s+)?(?:\[\d{1,3}(?:\s?[,–-]\s?\d{1,3})*\]\s?)+\)", re.I)
+_GONE = "\x00"
 
 
 def drop_markers(text: str) -> str:
+    if "(" in text and "[" in text and _GONE not in text:
+        text = _CITATION_ASIDE.sub(_GONE, text)
+        text = text.replace(" " + _GONE, "").replace(_GONE, "")
     text = _BRACKETED.sub("", text)
 
     def superscript(match: re.Match) -> str:
