@@ -9,7 +9,7 @@ import pytest
 from pipeline.audio.asr import Transcriber
 from pipeline.audio.checks import decode_wav, loudness_lufs
 from pipeline.client import publish_synth
-from pipeline.engines.piper import PiperServer
+from pipeline.engines.piper_http import PiperServer
 from pipeline.contracts.messages import ChunkDone, ChunkFailed, Sampling, SynthRequest
 from pipeline.synthesis.voices import sync_presets
 from pipeline.audio.wer import word_error_rate

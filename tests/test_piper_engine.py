@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from pipeline.stack.ports import free_port
-from pipeline.engines.piper import PiperConfig, PiperServer
+from pipeline.engines.piper import PiperConfig
+from pipeline.engines.piper_http import PiperServer
 from pipeline.engines.sim.config import SimConfig
 from pipeline.engines.sim.server import SimServer
 from tests.conftest import leave_mid_body

@@ -11,7 +11,8 @@ import pytest
 
 from pipeline.audio.pitch import median_f0
 from pipeline.contracts.messages import HIGGS_PRESET_VOICES
-from pipeline.engines.piper import PiperConfig, PiperServer
+from pipeline.engines.piper import PiperConfig
+from pipeline.engines.piper_http import PiperServer
 from pipeline.engines.piper_voices import HIGGS_VARIANTS, VARIANTS, VoiceSet
 from tests.test_piper_engine import chat_body, read_wav
 

@@ -92,7 +92,7 @@ def _cmd_engine(args: argparse.Namespace) -> int:
         serve(config_from_args(args), args.host, args.port)
         return 0
     if args.kind == "piper":
-        from pipeline.engines import piper
+        from pipeline.engines import piper_http as piper
 
         logs.configure("warning")
         config = piper.config_from_args(args)
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("engine", help="run a model server speaking the Higgs vLLM protocol")
     p.add_argument("--kind", choices=["sim", "piper"], default="sim")
-    from pipeline.engines import piper
+    from pipeline.engines import piper_http as piper
     from pipeline.engines.sim import server as sim
 
     sim.add_arguments(p)
