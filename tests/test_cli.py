@@ -39,6 +39,22 @@ def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 60) -> subp
     return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
 
 
+def cli_here(capsys, monkeypatch, settings, *argv: str) -> tuple[int, str, str]:
+    """`tts-pipeline ARGV` in this process (a subprocess costs seconds of imports), with the
+    environment a user would set for `settings`; returns (exit code, stdout, stderr)."""
+    from pipeline.cli.main import main
+
+    for key in [k for k in os.environ if k.startswith("TTS_")]:
+        monkeypatch.delenv(key)
+    for key, value in env_for(settings).items():
+        if key.startswith("TTS_"):
+            monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
     assert result.returncode != 0, f"exit 0; stdout: {result.stdout!r}; stderr: {result.stderr!r}"
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -13,7 +13,7 @@ import soundfile as sf
 from pipeline import bus
 from pipeline.jobs import state as jobs
 from tests.conftest import sim_stats
-from tests.test_cli import CLI, env_for, run_cli
+from tests.test_cli import CLI, cli_here, env_for, run_cli
 from tests.test_jobs import chapter_text
 
 MARKDOWN = "\n\n".join(f"# Chapter {n}\n\n{chapter_text(i, 5)}" for i, n in enumerate(("One", "Two", "Three")))
@@ -78,9 +78,8 @@ async def test_markdown_and_epub_books_through_submit_status_fetch(sims, harness
             assert (out / name.replace(f".{fmt}", ".vtt")).read_text().startswith("WEBVTT")
 
 
-async def test_bad_book_inputs_fail_with_one_line(harness, tmp_path):
+async def test_bad_book_inputs_fail_with_one_line(harness, tmp_path, capsys, monkeypatch):
     h = await harness()
-    env = env_for(h.settings)
     garbage = tmp_path / "garbage.txt"
     garbage.write_bytes(bytes(range(256)) * 50)
     broken = tmp_path / "broken.epub"
@@ -90,9 +89,11 @@ async def test_bad_book_inputs_fail_with_one_line(harness, tmp_path):
     for path in (garbage, broken, empty, tmp_path / "missing.txt", tmp_path / "book.pdf"):
         if path.suffix == ".pdf":
             path.write_bytes(b"%PDF-1.4")
-        result = await run_async(["submit", str(path), "--no-wait"], env, 30)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, (path, result.stderr)
+        # In this process (a subprocess per case costs seconds of imports; test_cli runs the real one).
+        code, out, err = await asyncio.to_thread(cli_here, capsys, monkeypatch, h.settings, "submit", str(path),
+                                                 "--no-wait")
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code != 0 and len(lines) == 1 and "Traceback" not in err, (path, err)
 
 
 async def test_killing_worker_and_assembler_mid_job_loses_nothing(sims, harness):
@@ -134,24 +135,6 @@ async def test_killing_worker_and_assembler_mid_job_loses_nothing(sims, harness)
     assert len(distinct) <= stats["calls"] <= len(distinct) + 8, (stats["calls"], len(distinct), killed_at)
     twice = [n for n in stats["calls_by_text"].values() if n > 1]
     assert len(twice) <= 8
-
-
-def cli_here(capsys, monkeypatch, settings, *argv: str) -> tuple[int, str, str]:
-    """`tts-pipeline ARGV` in this process (a subprocess costs seconds of imports), with the
-    environment a user would set for `settings`; returns (exit code, stdout, stderr)."""
-    import os
-
-    from pipeline.cli.main import main
-
-    for key in [k for k in os.environ if k.startswith("TTS_")]:
-        monkeypatch.delenv(key)
-    for key, value in env_for(settings).items():
-        if key.startswith("TTS_"):
-            monkeypatch.setenv(key, value)
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 async def test_jobs_lists_every_job_and_cancel_stops_one(harness, tmp_path, capsys, monkeypatch):

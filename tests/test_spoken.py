@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.cli.main import main
 from pipeline.contracts.messages import SynthRequest
 from pipeline.text.spoken import RULES, as_spoken, spoken
 from pipeline.text.spoken.abbreviations import AFTER_NAMES, FIXED_WORDS, NUMBERED
@@ -295,19 +296,21 @@ def test_the_command_prints_each_chunk_in_the_spoken_form(tmp_path):
     assert both.stdout.splitlines() == ["   1  written: It cost $5.", "      spoken:  It cost five dollars."]
 
 
-def test_the_command_reads_markdown_chapters(tmp_path):
+def test_the_command_reads_markdown_chapters(tmp_path, capsys):
     book = tmp_path / "book.md"
     book.write_text("# One\n\nIn 1999 it rained.\n\n# Two\n\nThe '80s were loud.\n")
-    out = subprocess.run(CLI + [str(book)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["# chapter 0: One", "   1  In nineteen ninety-nine it rained.",
+    code = main(["spoken", str(book)])  # in this process: the command above ran as a subprocess
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out.splitlines() == ["# chapter 0: One", "   1  In nineteen ninety-nine it rained.",
                                        "# chapter 1: Two", "   2  The eighties were loud."]
 
 
-def test_a_missing_file_is_one_line_and_exit_2(tmp_path):
-    out = subprocess.run(CLI + [str(tmp_path / "nope.txt")], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and out.stdout == ""
-    assert len(out.stderr.strip().splitlines()) == 1 and "nope.txt" in out.stderr
+def test_a_missing_file_is_one_line_and_exit_2(tmp_path, capsys):
+    code = main(["spoken", str(tmp_path / "nope.txt")])
+    out = capsys.readouterr()
+    assert code == 2 and out.out == ""
+    assert len(out.err.strip().splitlines()) == 1 and "nope.txt" in out.err
 
 
 _tricky = st.text(alphabet=st.sampled_from(list("aZ09 .,-–/:'\"“”[]()$£€¥%&+=@#°²¹¼APMSt\n")), max_size=80)

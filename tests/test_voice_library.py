@@ -230,7 +230,7 @@ async def test_a_chapter_published_straight_to_the_bus_protects_its_cast_voices(
 
 async def test_the_cli_adds_lists_and_deletes_voices_under_the_same_rules(sims, harness, tmp_path, capsys,
                                                                           monkeypatch):
-    from tests.test_jobs_cli import cli_here
+    from tests.test_cli import cli_here
 
     sim = sims()
     h = await harness(backend_urls=[sim.url], heartbeat_s=0.2)
