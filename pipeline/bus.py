@@ -185,8 +185,8 @@ async def set_up(js: JetStreamContext, settings: Settings, names: Names, consume
 
     Both are idempotent. A young or loaded R3 cluster can take longer than the client's timeout to
     create a replicated consumer (seen: 5 s on a busy 2-core CI machine); a process starting during an
-    election gets 503s for a moment. Anything else, or "not now" for `patience_s`, raises
-    `StartupError` with one line.
+    election gets 503s for a moment. Any other error is raised as it is; "not now" for longer than
+    `patience_s` raises `StartupError` with one line.
     """
     deadline = asyncio.get_running_loop().time() + patience_s
     while True:
