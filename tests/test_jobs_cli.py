@@ -45,7 +45,7 @@ async def run_async(args, env, timeout_s=120):
     return await asyncio.to_thread(run_cli, args, env, timeout_s)
 
 
-async def test_markdown_and_epub_books_through_submit_status_fetch(sims, harness, tmp_path):
+async def test_markdown_and_epub_books_through_submit_status_fetch(sims, harness, tmp_path, capsys, monkeypatch):
     sim = sims(slots=64)
     h = await harness(backend_urls=[sim.url], max_in_flight=16)
     await h.start_worker()
@@ -56,18 +56,28 @@ async def test_markdown_and_epub_books_through_submit_status_fetch(sims, harness
     book_md.write_text(MARKDOWN)
     book_epub = tmp_path / "book.epub"
     titles = write_epub(book_epub)
-    for path, job_id, fmt, expected in [
-        (book_md, "md-book", "flac", ["chapter-one", "chapter-two", "chapter-three"]),
-        (book_epub, "epub-book", "mp3", [t.lower().replace(" ", "-") for t in titles]),
+
+    async def as_subprocess(*argv: str) -> tuple[int, str, str]:
+        result = await run_async(list(argv), env)
+        return result.returncode, result.stdout, result.stderr
+
+    async def in_process(*argv: str) -> tuple[int, str, str]:
+        return await asyncio.to_thread(cli_here, capsys, monkeypatch, h.settings, *argv)
+
+    # The Markdown book through the installed command; the EPUB through the same `main()` in this
+    # process (a subprocess costs seconds of imports each).
+    for run, path, job_id, fmt, expected in [
+        (as_subprocess, book_md, "md-book", "flac", ["chapter-one", "chapter-two", "chapter-three"]),
+        (in_process, book_epub, "epub-book", "mp3", [t.lower().replace(" ", "-") for t in titles]),
     ]:
-        result = await run_async(["submit", str(path), "--job-id", job_id, "--format", fmt], env)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert f"job {job_id} done" in result.stdout
-        status = await run_async(["status", job_id], env)
-        assert status.returncode == 0 and "done" in status.stdout
+        code, out_text, err = await run("submit", str(path), "--job-id", job_id, "--format", fmt)
+        assert code == 0, err[-2000:]
+        assert f"job {job_id} done" in out_text
+        code, out_text, err = await run("status", job_id)
+        assert code == 0 and "done" in out_text
         out = tmp_path / job_id
-        fetched = await run_async(["fetch", job_id, "--out", str(out)], env)
-        assert fetched.returncode == 0, fetched.stderr
+        code, out_text, err = await run("fetch", job_id, "--out", str(out))
+        assert code == 0, err
         audio = sorted(p.name for p in out.iterdir() if p.suffix == f".{fmt}")
         assert audio == [f"{i:03d}-{slug}.{fmt}" for i, slug in enumerate(expected)]
         manifest = json.loads((out / "manifest.json").read_text())

@@ -3,6 +3,7 @@ text, and `tts-pipeline spoken`. Pure functions: no servers."""
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
@@ -290,10 +291,14 @@ def test_the_command_prints_each_chunk_in_the_spoken_form(tmp_path):
     assert "Doctor Smith paid eight pounds for footnote number forty-two." in out.stdout
     assert "[1]" not in out.stdout and "£" not in out.stdout
 
-    both = subprocess.run(CLI + ["--written", "-"], input="It cost $5.", capture_output=True, text=True,
-                          timeout=60, env=env)
-    assert both.returncode == 0, both.stderr
-    assert both.stdout.splitlines() == ["   1  written: It cost $5.", "      spoken:  It cost five dollars."]
+
+
+def test_the_command_reads_standard_input(capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("It cost $5."))
+    code = main(["spoken", "--written", "-"])  # in this process: the command above ran as a subprocess
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out.splitlines() == ["   1  written: It cost $5.", "      spoken:  It cost five dollars."]
 
 
 def test_the_command_reads_markdown_chapters(tmp_path, capsys):
