@@ -30,12 +30,10 @@ READY_PROBE_TIMEOUT_S = 2.0
 
 
 class Link:
-    def __init__(self, settings: Settings, names: Names, router: OutcomeRouter, client_name: str,
-                 subscriptions: tuple = ()):
+    def __init__(self, settings: Settings, names: Names, router: OutcomeRouter, client_name: str):
         self.settings = settings
         self.names = names
         self.router = router
-        self.subscriptions = subscriptions  # (subject, callback) pairs subscribed once connected
         self.client_name = client_name
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
@@ -80,9 +78,6 @@ class Link:
                 self.kv = await bus.workers_kv(self.js, self.names)
                 self.jobs_kv = await bus.jobs_kv(self.js, self.names)
                 await self.router.start(self.nc)
-                for subject, callback in self.subscriptions:
-                    await self.nc.subscribe(subject, cb=callback)
-                self.subscriptions = ()  # nats-py re-subscribes after a reconnect: never twice
                 self._bus_ready = True
             if self.store is None:
                 self.store = await open_store(self.settings)

@@ -88,8 +88,7 @@ class Gateway:
         self.instance_id = uuid.uuid4().hex[:12]
         self.job_id = f"gw-{self.instance_id}"
         self.router = OutcomeRouter(self.names, self.job_id, self.instance_id)
-        self.link = Link(settings, self.names, self.router, client_name=f"tts-gateway-{self.instance_id}",
-                         subscriptions=((self.names.request_cancel, self._on_cancel),))
+        self.link = Link(settings, self.names, self.router, client_name=f"tts-gateway-{self.instance_id}")
         self.observer = Observer(settings, self.names, self.link)
         self.stats = RequestStats()
         self.metrics = GatewayMetrics()
@@ -278,7 +277,9 @@ class Gateway:
         self.metrics.in_flight.inc()
         self.running[request_id] = speech
         ok, started = False, time.perf_counter()
+        listening = None
         try:
+            listening = await self._listen_for_cancel(speech)
             await speech.publish()
             yield speech
             ok = True
@@ -288,7 +289,7 @@ class Gateway:
             self.metrics.in_flight.dec()
             self.stats.end(ok, time.perf_counter() - started, ok and speech.cached == len(speech))
             # Off this task: a stream whose client left is being cancelled, and this must still run.
-            closing = asyncio.get_running_loop().create_task(speech.close())
+            closing = asyncio.get_running_loop().create_task(self._finish(speech, listening))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
             log.info("gateway.long_request", request_id=request_id, chunks=len(speech), ok=ok,
@@ -305,17 +306,28 @@ class Gateway:
         if not self.link.bus_up:
             return None
         try:
-            answer = await self.link.nc.request(self.names.request_cancel, request_id.encode(), timeout=CANCEL_ASK_S)
+            answer = await self.link.nc.request(self.names.request_cancel(request_id), b"", timeout=CANCEL_ASK_S)
             return int(json.loads(answer.data)["chunks_unanswered"])
-        except Exception:  # no instance answered (timeout, no responders), or a garbled answer
+        except Exception:  # nobody runs it (no responders: at once), no answer in time, a garbled answer
             return None
 
-    async def _on_cancel(self, msg) -> None:
-        """Another instance's `DELETE /requests/{id}`: cancel and answer only when it runs here."""
-        speech = self.running.get(msg.data.decode(errors="replace"))
-        if speech is None or not msg.reply:
-            return
-        left = speech.cancel()
-        log.info("gateway.request_cancelled_remotely", request_id=speech.request_id, chunks_unanswered=left)
-        with contextlib.suppress(Exception):
-            await msg.respond(json.dumps({"chunks_unanswered": left, "instance": self.instance_id}).encode())
+    @staticmethod
+    async def _finish(speech: ChunkedSpeech, listening) -> None:
+        if listening is not None:
+            with contextlib.suppress(Exception):
+                await listening.unsubscribe()
+        await speech.close()
+
+    async def _listen_for_cancel(self, speech: ChunkedSpeech):
+        """While `speech` runs, another instance's `DELETE /requests/{id}` reaches it here."""
+
+        async def on_cancel(msg) -> None:
+            left = speech.cancel()
+            log.info("gateway.request_cancelled_remotely", request_id=speech.request_id, chunks_unanswered=left)
+            with contextlib.suppress(Exception):
+                await msg.respond(json.dumps({"chunks_unanswered": left, "instance": self.instance_id}).encode())
+
+        try:
+            return await self.link.nc.subscribe(self.names.request_cancel(speech.request_id), cb=on_cancel)
+        except Exception:  # the bus just went away: the request fails on its own publish
+            return None

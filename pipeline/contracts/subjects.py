@@ -8,6 +8,8 @@ and gets exactly the names of DESIGN.md (`TTS_SYNTH`, `tts.synth.bulk`, ...).
 
 from __future__ import annotations
 
+import hashlib
+
 import re
 from dataclasses import dataclass
 
@@ -112,11 +114,12 @@ class Names:
         """Core-NATS subject (in no stream) where one gateway process receives `AudioReply`s."""
         return f"{self.reply_prefix}{check_token(instance, 'instance')}"
 
-    @property
-    def request_cancel(self) -> str:
-        """Core-NATS subject (in no stream) every gateway listens on: "cancel request <id> if it is
-        yours" (`DELETE /requests/{id}` on any instance reaches the one running it)."""
-        return f"{self.root}.gateway.cancel"
+    def request_cancel(self, request_id: str) -> str:
+        """Core-NATS subject (in no stream) that the gateway instance running long request
+        `request_id` listens on while it runs: `DELETE /requests/{id}` on any instance reaches it,
+        and with nobody listening the server answers "no responders" at once. A request id is the
+        client's `X-Request-Id` (any text), so the token is a digest of it."""
+        return f"{self.root}.gateway.cancel.{hashlib.sha1(request_id.encode()).hexdigest()[:20]}"
 
     @property
     def reply_prefix(self) -> str:
