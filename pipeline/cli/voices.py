@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from pipeline import voicelib
+from pipeline.cli.jobs import connection
 from pipeline.contracts.errors import StartupError
 from pipeline.contracts.settings import Settings
 from pipeline.contracts.subjects import Names
@@ -23,12 +24,15 @@ def _users_in(kv):
     return lambda name: jobs_api.jobs_using_voice(kv, name)
 
 
-async def list_all(settings: Settings, as_json: bool) -> int:
-    from pipeline.cli.jobs import connection
+async def _builtin(js, settings: Settings) -> set[str]:
+    """The voices the live workers' model servers report (none when no heartbeat can be read)."""
+    return await heartbeat_voices(js, Names(settings.namespace)) or set()
 
+
+async def list_all(settings: Settings, as_json: bool) -> int:
     async with connection(settings, "tts-voices") as (js, store, kv):
         stored = await voicelib.list_voices(store)
-        builtin = (await heartbeat_voices(js, Names(settings.namespace)) or set()) - {v.name for v in stored}
+        builtin = await _builtin(js, settings) - {v.name for v in stored}
     rows = [{"name": v.name, "source": v.source, "duration_s": v.duration_s, "transcript": v.transcript,
              "system_prompt": v.system_prompt} for v in stored]
     rows += [{"name": n, "source": "builtin", "duration_s": None} for n in sorted(builtin)]
@@ -56,10 +60,8 @@ async def add(settings: Settings, name: str, clip: str, transcript: str | None, 
         data = Path(clip).read_bytes()
     except OSError as exc:
         raise StartupError(f"cannot read the clip {clip}: {exc.strerror or exc}") from None
-    from pipeline.cli.jobs import connection
-
     async with connection(settings, "tts-voices") as (js, store, kv):
-        builtin = await heartbeat_voices(js, Names(settings.namespace)) or set()
+        builtin = await _builtin(js, settings)
         try:
             voice, replaced = await library.add_voice(
                 store, name, data, transcript or "", scene_prompt, builtin=builtin, users_of=_users_in(kv),
@@ -75,10 +77,8 @@ async def add(settings: Settings, name: str, clip: str, transcript: str | None, 
 
 
 async def delete(settings: Settings, name: str, force: bool) -> int:
-    from pipeline.cli.jobs import connection
-
     async with connection(settings, "tts-voices") as (js, store, kv):
-        builtin = await heartbeat_voices(js, Names(settings.namespace)) or set()
+        builtin = await _builtin(js, settings)
         try:
             await library.remove_voice(store, name, builtin=builtin, users_of=_users_in(kv), force=force)
         except library.VoiceRefused as exc:

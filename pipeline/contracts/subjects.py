@@ -9,7 +9,6 @@ and gets exactly the names of DESIGN.md (`TTS_SYNTH`, `tts.synth.bulk`, ...).
 from __future__ import annotations
 
 import hashlib
-
 import re
 from dataclasses import dataclass
 

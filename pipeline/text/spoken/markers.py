@@ -7,7 +7,8 @@ import re
 # One or more bracketed reference numbers glued to what they annotate: word[1], .[5], [12][13],
 # [3, 4], [7-9]. A bracket after a space ("see [1]", a list's "[2] item") is text, not a marker;
 # bracketed words ([SPEAKER0], [voice:alice], [sic]) never match.
-_BRACKETED = re.compile(r"(?<=[^\s\[(])(?:\[\d{1,3}(?:\s?[,–-]\s?\d{1,3})*\])+")
+_REFERENCES = r"\[\d{1,3}(?:\s?[,–-]\s?\d{1,3})*\]"  # [1], [3, 4], [7-9]
+_BRACKETED = re.compile(rf"(?<=[^\s\[(])(?:{_REFERENCES})+")
 # Superscript digits glued to a word or punctuation: "claim¹²" (but "m²" is a unit: kept).
 _SUPERSCRIPT = re.compile(r"(?<=[^\s\d⁰¹²³⁴⁵⁶⁷⁸⁹])([⁰¹²³⁴⁵⁶⁷⁸⁹]+)")
 _UNIT_BEFORE = re.compile(r"(?:^|[\s\d])(?:m|cm|mm|km|ft|in|mi|yd|m/s|s)$")
@@ -17,7 +18,7 @@ _UNIT_BEFORE = re.compile(r"(?:^|[\s\d])(?:m|cm|mm|km|ft|in|mi|yd|m/s|s)$")
 # (The pattern starts with its literal parenthesis, which the regex engine scans for quickly; the
 # space before an aside goes in a second, plain replace.)
 _CITATION_ASIDE = re.compile(
-    r"\((?:(?:see(?: also)?|cf\.|compare|refs?\.)\s+)?(?:\[\d{1,3}(?:\s?[,–-]\s?\d{1,3})*\]\s?)+\)", re.I)
+    rf"\((?:(?:see(?: also)?|cf\.|compare|refs?\.)\s+)?(?:{_REFERENCES}\s?)+\)", re.I)
 _GONE = "\x00"
 
 
